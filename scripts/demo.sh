@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The run command (README): the real stack, the three services built and started,
+# sample feedback loaded, URLs and ready-to-use tokens printed.
+#
+#   scripts/demo.sh          start (or restart) the demo
+#   scripts/demo.sh stop     stop the three services (the stack stays up)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+DEMO=$ROOT/var/demo
+SERVICES=(ingest aggregator query)
+say() { printf '[demo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+stop_services() {
+  for svc in "${SERVICES[@]}"; do
+    local pidfile=$DEMO/$svc.pid
+    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      say "stopping $svc (pid $(cat "$pidfile"))"
+      kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+if [[ ${1:-} == stop ]]; then stop_services; exit 0; fi
+
+scripts/infra.sh up
+mkdir -p "$DEMO"
+stop_services
+
+say "building the services (cargo build --release)"
+cargo build --release --bin ingest --bin aggregator --bin query
+
+# One secret per checkout, kept so printed tokens stay valid across restarts.
+[[ -s $DEMO/jwt-secret ]] || head -c 48 /dev/urandom | base64 | tr -d '\n/+=' >"$DEMO/jwt-secret"
+export FEEDBACK_JWT_SECRET
+FEEDBACK_JWT_SECRET=$(cat "$DEMO/jwt-secret")
+export FEEDBACK_SPOOL_DIR=$ROOT/var/demo/spool
+export FEEDBACK_SENSITIVE_WORDS_FILE=${FEEDBACK_SENSITIVE_WORDS_FILE:-$ROOT/config/sensitive-words.txt}
+
+for svc in "${SERVICES[@]}"; do
+  say "starting $svc (log: var/demo/$svc.log)"
+  setsid nohup "target/release/$svc" >"$DEMO/$svc.log" 2>&1 </dev/null &
+  echo $! >"$DEMO/$svc.pid"
+done
+
+wait_ready() {
+  local name=$1 url=$2 waited=0
+  printf '[demo %s] waiting for %s ' "$(date +%H:%M:%S)" "$name"
+  until curl -fsS "$url" >/dev/null 2>&1; do
+    if ! kill -0 "$(cat "$DEMO/$name.pid")" 2>/dev/null; then
+      echo; say "$name exited; last lines of var/demo/$name.log:"; tail -n 20 "$DEMO/$name.log"; exit 1
+    fi
+    (( waited < 120 )) || { echo; say "$name not ready after 60s"; exit 1; }
+    printf '.'; sleep 0.5; waited=$((waited + 1))
+  done
+  echo " ok"
+}
+wait_ready ingest http://127.0.0.1:8080/healthz
+wait_ready aggregator http://127.0.0.1:8081/healthz
+wait_ready query http://127.0.0.1:8082/healthz
+
+if [[ -x target/release/ingest ]] && target/release/ingest --help 2>/dev/null | grep -q mint-token; then
+  STUDENT_TOKEN=$(target/release/ingest mint-token --sub demo-student --role student --ttl-hours 24)
+  ADMIN_TOKEN=$(target/release/ingest mint-token --sub demo-admin --role admin --ttl-hours 24)
+fi
+if [[ -x scripts/demo-load.sh ]]; then scripts/demo-load.sh; fi
+
+cat <<INFO
+
+The demo is running (stop it with: scripts/demo.sh stop; the stack with: scripts/infra.sh down)
+  student form      http://127.0.0.1:8080/
+  admin dashboard   http://127.0.0.1:8082/admin
+  health            http://127.0.0.1:8080/readyz  http://127.0.0.1:8081/readyz  http://127.0.0.1:8082/readyz
+  metrics           http://127.0.0.1:8080/metrics (and :8081, :8082)
+  logs              var/demo/*.log
+INFO
+if [[ -n ${STUDENT_TOKEN:-} ]]; then
+  cat <<INFO
+  student token     $STUDENT_TOKEN
+  admin token       $ADMIN_TOKEN
+INFO
+fi

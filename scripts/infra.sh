@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The real stack on loopback, without Docker: Kafka (single-node KRaft), Redis, MariaDB.
+#
+#   scripts/infra.sh up|down|status
+#   scripts/infra.sh start|stop|kill kafka|redis|mysql     (kill = SIGKILL)
+#
+# `up` installs what is missing (apt for Redis and MariaDB, Maven Central for
+# Kafka's jars, cached outside the repo), starts each service and waits until it
+# answers a real request. Idempotent: a second `up` finds everything answering
+# and changes nothing. Data lives in var/infra/ (git-ignored).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${FEEDBACK_INFRA_DIR:-$ROOT/var/infra}
+KAFKA_VERSION=4.1.1
+KAFKA_CACHE=${FEEDBACK_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/feedback/kafka-$KAFKA_VERSION}
+KAFKA_PORT=9092
+KAFKA_CONTROLLER_PORT=9093
+REDIS_PORT=6379
+MYSQL_PORT=3306
+# Short socket path: unix sockets are limited to about 107 bytes.
+MYSQL_SOCKET=/tmp/feedback-mysqld-$MYSQL_PORT.sock
+
+say() { printf '[infra %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { say "error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- probes ----
+redis_ping() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+mysql_ping() { mariadb -h 127.0.0.1 -P "$MYSQL_PORT" -u root --connect-timeout=2 -N -e 'SELECT 1' >/dev/null 2>&1; }
+kafka_ping() { python3 "$ROOT/scripts/lib/kafka_probe.py" "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; }
+
+# wait_for NAME SECONDS: polls NAME's probe once a second, printing progress.
+wait_for() {
+  local name=$1 limit=$2 waited=0
+  while ! "${name}_ping"; do
+    if (( waited >= limit )); then
+      echo
+      die "$name did not answer within ${limit}s (log: $(log_file "$name"))"
+    fi
+    if (( waited == 0 )); then printf '[infra %s] waiting for %s ' "$(date +%H:%M:%S)" "$name"; fi
+    printf '.'
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if (( waited > 0 )); then printf ' %ss\n' "$waited"; fi
+}
+
+log_file() { echo "$STATE/$1/$1.log"; }
+pid_file() { echo "$STATE/$1/$1.pid"; }
+port_of() { case $1 in kafka) echo $KAFKA_PORT ;; redis) echo $REDIS_PORT ;; mysql) echo $MYSQL_PORT ;; esac; }
+
+# The pid of the process listening on NAME's port (whoever started it), else the pid file's.
+pid_of() {
+  local pid
+  pid=$(ss -Hltnp "sport = :$(port_of "$1")" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
+  if [[ -z $pid && -f $(pid_file "$1") ]]; then
+    pid=$(cat "$(pid_file "$1")")
+    kill -0 "$pid" 2>/dev/null || pid=""
+  fi
+  echo "$pid"
+}
+
+# -------------------------------------------------------------- installs ----
+APT_UPDATED=0
+apt_install() {
+  if [[ $APT_UPDATED == 0 ]]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+install_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  command -v mariadb >/dev/null || missing+=(mariadb-client)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  command -v ss >/dev/null || missing+=(iproute2)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+}
+
+install_kafka() {
+  if [[ -f $KAFKA_CACHE/lib/kafka_2.13-$KAFKA_VERSION.jar && -f $KAFKA_CACHE/complete ]]; then return; fi
+  say "assembling Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_CACHE"
+  mkdir -p "$KAFKA_CACHE"
+  # Maven prints one line per downloaded artifact: that is the progress.
+  (cd "$ROOT/scripts/kafka" && mvn -B -ntp -Dstyle.color=never dependency:copy-dependencies \
+      -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$KAFKA_CACHE/lib") |
+    grep --line-buffered -E 'Copying|BUILD|ERROR' | sed -u 's/^/    /' || true
+  [[ -f $KAFKA_CACHE/lib/kafka_2.13-$KAFKA_VERSION.jar ]] || die "Kafka jars did not resolve"
+  touch "$KAFKA_CACHE/complete"
+  say "Kafka jars cached ($(ls "$KAFKA_CACHE/lib" | wc -l) files)"
+}
+
+# ---------------------------------------------------------------- starts ----
+start_redis() {
+  if redis_ping; then say "redis already answering on 127.0.0.1:$REDIS_PORT"; return; fi
+  mkdir -p "$STATE/redis"
+  # A cache: no persistence, so a restart comes back empty, as in production after a loss.
+  # 256 databases so parallel tests each take their own.
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" \
+    --pidfile "$(pid_file redis)" --logfile "$(log_file redis)" --save '' --appendonly no \
+    --databases 256 --protected-mode yes
+  wait_for redis 30
+}
+
+start_mysql() {
+  if mysql_ping; then say "mysql already answering on 127.0.0.1:$MYSQL_PORT"; return; fi
+  local data=$STATE/mysql/data
+  mkdir -p "$STATE/mysql"
+  if [[ ! -d $data/mysql ]]; then
+    say "initialising MariaDB data directory in $data"
+    mariadb-install-db --no-defaults --user=root --datadir="$data" \
+      --auth-root-authentication-method=socket --skip-test-db >"$STATE/mysql/install.log" 2>&1 ||
+      die "mariadb-install-db failed (see $STATE/mysql/install.log)"
+  fi
+  setsid nohup mariadbd --no-defaults --user=root --datadir="$data" \
+    --bind-address=127.0.0.1 --port="$MYSQL_PORT" --socket="$MYSQL_SOCKET" \
+    --pid-file="$(pid_file mysql)" --log-error="$(log_file mysql)" \
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
+    --innodb-buffer-pool-size=256M --max-connections=500 --skip-name-resolve \
+    >/dev/null 2>&1 </dev/null &
+  local waited=0
+  until mariadb --socket="$MYSQL_SOCKET" -u root -e 'SELECT 1' >/dev/null 2>&1; do
+    sleep 1; waited=$((waited + 1)); (( waited < 60 )) || die "mysql did not start (log: $(log_file mysql))"
+  done
+  # Local development only: root over TCP from loopback without a password (compose sets one).
+  mariadb --socket="$MYSQL_SOCKET" -u root -e "
+    CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+    GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+    FLUSH PRIVILEGES;"
+  wait_for mysql 60
+}
+
+kafka_properties() {
+  local dir=$STATE/kafka
+  mkdir -p "$dir/data" "$dir/logs"
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=6
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+start_kafka() {
+  if kafka_ping; then say "kafka already answering on 127.0.0.1:$KAFKA_PORT"; return; fi
+  install_kafka
+  local dir=$STATE/kafka cp="$KAFKA_CACHE/lib/*"
+  kafka_properties
+  if [[ ! -f $dir/data/meta.properties ]]; then
+    [[ -f $dir/cluster.id ]] || java -cp "$cp" kafka.tools.StorageTool random-uuid >"$dir/cluster.id"
+    say "formatting Kafka storage (cluster $(cat "$dir/cluster.id"))"
+    java -cp "$cp" kafka.tools.StorageTool format --standalone --ignore-formatted \
+      -t "$(cat "$dir/cluster.id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+      die "Kafka storage format failed (see $dir/format.log)"
+  fi
+  setsid nohup java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" \
+    -Dkafka.logs.dir="$dir/logs" -cp "$cp" kafka.Kafka "$dir/server.properties" \
+    >"$(log_file kafka)" 2>&1 </dev/null &
+  echo $! >"$(pid_file kafka)"
+  wait_for kafka 90
+}
+
+start_one() {
+  case $1 in
+    kafka) start_kafka ;;
+    redis) start_redis ;;
+    mysql) start_mysql ;;
+    *) die "unknown service '$1' (kafka, redis or mysql)" ;;
+  esac
+}
+
+# ----------------------------------------------------------------- stops ----
+stop_one() {
+  local name=$1 signal=${2:-TERM} pid waited=0
+  pid=$(pid_of "$name")
+  if [[ -z $pid ]]; then say "$name is not running"; return; fi
+  say "stopping $name (pid $pid, SIG$signal)"
+  kill -s "$signal" "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 0.2; waited=$((waited + 1))
+    if (( waited == 150 )); then say "$name still running after 30s: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
+  done
+  # Wait until the port is free so an immediate start binds it again.
+  while ss -Hltn "sport = :$(port_of "$name")" | grep -q .; do sleep 0.2; done
+  rm -f "$(pid_file "$name")"
+}
+
+status_one() {
+  local name=$1 detail=""
+  if "${name}_ping"; then
+    [[ $name == kafka ]] && detail=" brokers $(python3 "$ROOT/scripts/lib/kafka_probe.py" "127.0.0.1:$KAFKA_PORT")"
+    printf '  %-6s up    127.0.0.1:%s pid %s%s\n' "$name" "$(port_of "$name")" "$(pid_of "$name")" "$detail"
+    return 0
+  fi
+  printf '  %-6s down  127.0.0.1:%s\n' "$name" "$(port_of "$name")"
+  return 1
+}
+
+status_all() {
+  local rc=0
+  for name in kafka redis mysql; do status_one "$name" || rc=1; done
+  return $rc
+}
+
+# ------------------------------------------------------------------ main ----
+check_name() { case ${1:-} in kafka | redis | mysql) ;; *) die "usage: $0 $2 kafka|redis|mysql" ;; esac; }
+
+case ${1:-} in
+  up)
+    install_packages
+    start_redis
+    start_mysql
+    start_kafka
+    say "stack is up:"
+    status_all
+    echo "  kafka  FEEDBACK_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+    echo "  redis  FEEDBACK_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+    echo "  mysql  FEEDBACK_MYSQL_URL=mysql://root@127.0.0.1:$MYSQL_PORT/feedback"
+    ;;
+  down)
+    for name in kafka redis mysql; do stop_one "$name"; done
+    ;;
+  status)
+    status_all
+    ;;
+  start)
+    check_name "${2:-}" start
+    install_packages
+    start_one "$2"
+    ;;
+  stop)
+    check_name "${2:-}" stop
+    stop_one "$2"
+    ;;
+  kill)
+    check_name "${2:-}" kill
+    stop_one "$2" KILL
+    ;;
+  *)
+    echo "usage: $0 up|down|status | start|stop|kill kafka|redis|mysql" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): the real stack, then format, lints and every test.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "stack: scripts/infra.sh up"
+scripts/infra.sh up
+
+step "toolchain"
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
+cargo --version
+
+step "compose.yaml against the compose-spec schema"
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/feedback/venv
+if [[ ! -x $VENV/bin/check-jsonschema ]]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q check-jsonschema
+fi
+"$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
+
+step "leftovers of earlier test runs"
+# Each test makes its own database; drop those of earlier runs (never the demo's `feedback`).
+mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'fbtest\\_%'" |
+  while read -r db; do mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$db\`"; done
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace
+
+echo
+echo "scripts/test.sh: all green in $((SECONDS - started))s"

@@ -1,0 +1,49 @@
+//! Kafka set-up both ingest and the aggregator need: the base client
+//! configuration, topic creation and the dead-letter topic's name.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Partitions of a topic created by the services (the contract's 6).
+pub const PARTITIONS: i32 = 6;
+
+/// Configuration every client starts from.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("log_level", "4");
+    config
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .with_context(|| format!("creating topic {topic}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

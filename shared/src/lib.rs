@@ -1,0 +1,23 @@
+//! What two or more feedback services share.
+//!
+//! The pipeline is `ingest` (HTTP → Kafka, or the disk spool while Kafka is
+//! down) → Kafka topic `feedback-events` → `aggregator` (MySQL, then Redis) →
+//! `query` (Redis, falling back to MySQL). This crate holds only the pieces that
+//! more than one of those services needs:
+//!
+//! - [`domain`]: parsed input types (`CourseId`, `Rating`, `Comment`, ...): an
+//!   invalid value cannot exist past the edge that parsed it.
+//! - [`event`]: the `feedback.submitted` v1 event, as `schemas/feedback-submitted.v1.json` describes it.
+//! - [`auth`]: HS256 JWT verification and minting (students and admins).
+//! - [`http`]: the contract's error body and the health routes.
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`kafka`]: start-up plumbing.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
