@@ -1,57 +1,201 @@
-//! Takes students' feedback over HTTP and produces it to Kafka (or to a disk spool while Kafka is down).
+//! Ingest: takes students' feedback over HTTP and produces it to Kafka.
 //!
-//! This is the service's skeleton: health, readiness and metrics routes and
-//! graceful shutdown. Its pipeline work is built on top of it.
+//! Flow of one submission (`feedback.rs`): rate limits (`limits.rs`), the
+//! student's JWT (`shared::auth`), parsing into `CourseId`/`Rating`/`Comment`,
+//! the sensitive-word policy (`filter.rs`), the optional `Idempotency-Key`
+//! (`idempotency.rs`), then `pipeline.rs`: produce to Kafka keyed by
+//! `course_id` and answer `202 accepted` once the broker acknowledged.
+//!
+//! Failure modes: when Kafka is down the circuit breaker (`breaker.rs`) opens
+//! and submissions go to the sled disk spool (`store.rs`), synced before the
+//! `202 spooled` answer; a drainer replays the spool in order when Kafka
+//! answers again, and on start after a crash. A full spool answers 503 with
+//! `Retry-After`: nothing accepted is dropped.
+
+pub mod breaker;
+pub mod config;
+pub mod feedback;
+pub mod filter;
+pub mod idempotency;
+pub mod limits;
+pub mod pipeline;
+pub mod store;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
-/// Settings from the environment (the contract's table).
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `FEEDBACK_INGEST_ADDR`
-    pub addr: String,
+pub use config::Config;
+use filter::{Policy, SensitiveFilter};
+use idempotency::Idempotency;
+use limits::Limits;
+use pipeline::{Pipeline, PipelineConfig};
+use shared::auth::JwtKeys;
+use store::Store;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Arc<JwtKeys>,
+    /// The HMAC key that turns a JWT subject into a `student_key`.
+    pub student_key_secret: Arc<[u8]>,
+    pub limits: Arc<Limits>,
+    pub filter: Arc<SensitiveFilter>,
+    pub policy: Policy,
+    pub pipeline: Arc<Pipeline>,
+    pub idempotency: Arc<Idempotency>,
 }
 
-impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            addr: shared::config::var_or("FEEDBACK_INGEST_ADDR", "127.0.0.1:8080"),
-        })
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
     }
 }
 
-/// A built service: its listener is bound, so `port` is known before it runs.
+/// A built ingest: listener bound, spool open, producer created.
 pub struct Application {
     listener: TcpListener,
+    state: AppState,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
+        let filter = match &config.sensitive_words_file {
+            Some(path) => SensitiveFilter::from_file(path)?,
+            None => SensitiveFilter::from_words(config::DEFAULT_WORDS.lines())?,
+        };
+        let store = Store::open(&config.spool_dir, config.spool_max_bytes)?;
+        let pipeline = Pipeline::new(
+            PipelineConfig {
+                brokers: config.brokers.clone(),
+                topic: config.topic.clone(),
+                delivery_timeout: config.delivery_timeout,
+                drain_batch: 500,
+            },
+            store.clone(),
+        )?;
+        let limits = Limits::new(
+            config.rate_limit_student_per_min,
+            config.rate_limit_ip_per_min,
+        );
+        limits.spawn_pruner(Duration::from_secs(60));
+        let idempotency = Arc::new(Idempotency::new(store, config.idempotency_ttl));
+        idempotency.spawn_pruner(Duration::from_secs(600));
+        let state = AppState {
+            keys: Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?),
+            student_key_secret: config.student_key_secret.clone().into(),
+            limits,
+            filter: Arc::new(filter),
+            policy: config.sensitive_policy,
+            pipeline,
+            idempotency,
+        };
         let listener = shared::http::bind(&config.addr).await?;
-        Ok(Self { listener })
+        Ok(Self { listener, state })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes; then stops accepting, finishes
+    /// in-flight requests, flushes the producer and the spool, and returns
+    /// within about 10 s.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.listener.local_addr()?, "ingest listening");
-        let app = Router::new().merge(shared::http::health_routes()).route(
-            "/readyz",
-            get(|| async { shared::http::readiness(true, serde_json::json!({})) }),
-        );
-        shared::http::serve(self.listener, app, shutdown).await?;
+        let Self { listener, state } = self;
+        tracing::info!(addr = %listener.local_addr()?, topic = state.pipeline.topic(), "ingest listening");
+        let pipeline = state.pipeline.clone();
+        spawn_topic_creation(state.clone());
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let drainer = tokio::spawn(pipeline.clone().drain(stopped(stop_rx.clone())));
+        let signal = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let server = shared::http::serve(listener, router(state), signal);
+        tokio::select! {
+            result = server => result?,
+            _ = async { stopped(stop_rx).await; tokio::time::sleep(Duration::from_secs(6)).await } => {
+                tracing::warn!("in-flight requests still open after 6 s: closing them");
+            }
+        }
+        let _ = drainer.await;
+        pipeline.close(Duration::from_secs(2)).await;
         tracing::info!("ingest stopped");
         Ok(())
     }
+}
+
+/// Creates the topic (6 partitions) once Kafka answers; ingest serves (and spools) meanwhile.
+fn spawn_topic_creation(state: AppState) {
+    let brokers = shared::config::kafka_brokers();
+    tokio::spawn(async move {
+        let topic = state.pipeline.topic().to_owned();
+        loop {
+            match shared::kafka::ensure_topic(&brokers, &topic, shared::kafka::PARTITIONS).await {
+                Ok(()) => break,
+                Err(err) => tracing::warn!(%err, "topic not ensured yet; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/feedback", post(feedback::submit).fallback(shared::http::method_not_allowed))
+        .route("/", get(form))
+        .route("/readyz", get(readyz))
+        .merge(shared::http::health_routes())
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(shared::http::track_metrics))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn form() -> Html<&'static str> {
+    Html(include_str!("form.html"))
+}
+
+/// 200 while a submission can be taken (Kafka, or room in the spool); each part's state.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let pipeline = &state.pipeline;
+    let breaker = pipeline.breaker.state();
+    let store = &pipeline.store;
+    let ready = pipeline.breaker.is_closed() || store.has_capacity();
+    shared::http::readiness(
+        ready,
+        serde_json::json!({
+            "kafka": { "breaker": breaker.as_str(), "up": breaker == breaker::State::Closed },
+            "spool": {
+                "depth": store.depth(),
+                "bytes": store.bytes(),
+                "max_bytes": store.max_bytes(),
+                "has_capacity": store.has_capacity(),
+            },
+        }),
+    )
+    .into_response()
 }

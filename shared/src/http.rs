@@ -179,3 +179,22 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// Middleware: counts requests by route, method and status, and times them.
+/// The route is the matched pattern (`/v1/courses/{course_id}/stats`), never the raw path.
+pub async fn track_metrics(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
+}

@@ -92,3 +92,109 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The JWT secret every test service uses.
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// A signed token for `sub` with `role`, valid for an hour.
+pub fn token(sub: &str, role: shared::auth::Role) -> String {
+    shared::auth::JwtKeys::new(JWT_SECRET.as_bytes())
+        .expect("the test secret is long enough")
+        .mint(sub, role, 3600)
+}
+
+/// A student token for `sub`.
+pub fn student(sub: &str) -> String {
+    token(sub, shared::auth::Role::Student)
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    dir
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+    pub request_id: Option<String>,
+}
+
+impl Consumed {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("the payload is JSON")
+    }
+}
+
+/// Reads `topic` from the beginning until `count` messages arrived (fails after `limit`).
+/// Messages come in partition order; across partitions in arrival order.
+pub async fn consume(topic: &str, count: usize, limit: Duration) -> anyhow::Result<Vec<Consumed>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = shared::kafka::client_config(&kafka_brokers())
+        .set("group.id", unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < count {
+        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(message) => message?,
+            Err(_) => anyhow::bail!(
+                "only {} of {count} messages arrived on {topic} within {limit:?}",
+                out.len()
+            ),
+        };
+        let request_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == "x-request-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        out.push(Consumed {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            partition: message.partition(),
+            offset: message.offset(),
+            request_id,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `scripts/infra.sh ARGS` (fault injection: `kill kafka`, `start kafka`, ...).
+pub fn infra(args: &[&str]) -> anyhow::Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "scripts/infra.sh {args:?} failed: {status}"
+    );
+    Ok(())
+}
+
+/// Starts `service` again when dropped, so a failed fault test leaves the stack up.
+pub struct Restart(pub &'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Err(err) = infra(&["start", self.0]) {
+            eprintln!("could not restart {}: {err}", self.0);
+        }
+    }
+}
+
+/// Serialises the tests of one binary that stop shared services (cargo runs
+/// test binaries one at a time, so other binaries never see the outage).
+pub static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,0 +1,82 @@
+//! Ingest's settings, from the environment (the contract's table, plus a few
+//! of ingest's own with sensible defaults).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::config::{parse_or, var, var_or};
+
+use crate::filter::Policy;
+
+/// The list shipped in the repo, built in, used when no file is configured.
+pub const DEFAULT_WORDS: &str = include_str!("../../config/sensitive-words.txt");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `FEEDBACK_INGEST_ADDR`
+    pub addr: String,
+    /// `FEEDBACK_KAFKA_BROKERS`
+    pub brokers: String,
+    /// `FEEDBACK_KAFKA_TOPIC`
+    pub topic: String,
+    /// `FEEDBACK_SPOOL_DIR`
+    pub spool_dir: PathBuf,
+    /// `FEEDBACK_SPOOL_MAX_BYTES` (default 256 MiB): a full spool answers 503.
+    pub spool_max_bytes: u64,
+    /// `FEEDBACK_JWT_SECRET`
+    pub jwt_secret: String,
+    /// `FEEDBACK_STUDENT_KEY_SECRET`, the HMAC key of `student_key`; by default derived from the JWT secret.
+    pub student_key_secret: Vec<u8>,
+    /// `FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN`
+    pub rate_limit_student_per_min: u32,
+    /// `FEEDBACK_RATE_LIMIT_IP_PER_MIN`
+    pub rate_limit_ip_per_min: u32,
+    /// `FEEDBACK_SENSITIVE_WORDS_FILE`; `None` uses the built-in list.
+    pub sensitive_words_file: Option<PathBuf>,
+    /// `FEEDBACK_SENSITIVE_POLICY`
+    pub sensitive_policy: Policy,
+    /// `FEEDBACK_KAFKA_DELIVERY_TIMEOUT_MS` (default 5000): how long one delivery may take.
+    pub delivery_timeout: Duration,
+    /// `FEEDBACK_IDEMPOTENCY_TTL_SECS` (default 86400).
+    pub idempotency_ttl: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let jwt_secret = shared::config::jwt_secret()?;
+        let student_key_secret = match var("FEEDBACK_STUDENT_KEY_SECRET") {
+            Some(secret) => secret.into_bytes(),
+            None => derive_student_key_secret(&jwt_secret),
+        };
+        Ok(Self {
+            addr: var_or("FEEDBACK_INGEST_ADDR", "127.0.0.1:8080"),
+            brokers: shared::config::kafka_brokers(),
+            topic: shared::config::kafka_topic(),
+            spool_dir: PathBuf::from(var_or("FEEDBACK_SPOOL_DIR", "var/spool")),
+            spool_max_bytes: parse_or("FEEDBACK_SPOOL_MAX_BYTES", 256 * 1024 * 1024)?,
+            jwt_secret,
+            student_key_secret,
+            rate_limit_student_per_min: parse_or("FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN", 30)?,
+            rate_limit_ip_per_min: parse_or("FEEDBACK_RATE_LIMIT_IP_PER_MIN", 600)?,
+            sensitive_words_file: var("FEEDBACK_SENSITIVE_WORDS_FILE").map(PathBuf::from),
+            sensitive_policy: parse_or("FEEDBACK_SENSITIVE_POLICY", Policy::Mask)?,
+            delivery_timeout: Duration::from_millis(parse_or(
+                "FEEDBACK_KAFKA_DELIVERY_TIMEOUT_MS",
+                5000,
+            )?),
+            idempotency_ttl: Duration::from_secs(parse_or(
+                "FEEDBACK_IDEMPOTENCY_TTL_SECS",
+                86_400,
+            )?),
+        })
+    }
+}
+
+/// The default `student_key` HMAC key: HMAC-SHA256(JWT secret, a fixed label),
+/// so it is stable across restarts without a second secret to manage.
+pub fn derive_student_key_secret(jwt_secret: &str) -> Vec<u8> {
+    shared::domain::StudentKey::derive(jwt_secret.as_bytes(), "feedback student_key v1")
+        .as_str()
+        .as_bytes()
+        .to_vec()
+}

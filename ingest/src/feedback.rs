@@ -1,0 +1,361 @@
+//! `POST /v1/feedback`: a student's rating and comment, from the request to
+//! Kafka or the spool.
+//!
+//! Order of checks: the client IP's rate limit, the token (401/403), the
+//! student's rate limit, content type (415), body size (413, refused from
+//! `Content-Length` before reading), JSON (400), fields (400 wrong type, 422
+//! missing or out of range), the sensitive-word policy (422 or masked), then
+//! the idempotency key, then delivery.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use shared::auth::Role;
+use shared::domain::{Comment, CourseId, Rating, StudentKey};
+use shared::event::FeedbackSubmitted;
+use shared::http::ApiError;
+
+use crate::filter::{Filtered, Policy};
+use crate::idempotency::{self, Answer, Claim};
+use crate::pipeline::SubmitError;
+use crate::store::SpooledRecord;
+use crate::AppState;
+
+/// The largest accepted body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The validated content of a submission.
+#[derive(Debug)]
+pub struct Submission {
+    pub course_id: CourseId,
+    pub rating: Rating,
+    pub comment: Option<Comment>,
+}
+
+pub async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Answer>), ApiError> {
+    state.limits.per_ip.check(&client.ip())?;
+    let claims = state.keys.authorize(&headers, Role::Student)?;
+    let student = StudentKey::derive(&state.student_key_secret, &claims.sub);
+    state
+        .limits
+        .per_student
+        .check(&student.as_str().to_owned())?;
+    require_json(&headers)?;
+    let idempotency_key = idempotency::key_from(&headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let mut submission = parse(&bytes)?;
+    submission.comment = apply_policy(&state, submission.comment)?;
+
+    let event = FeedbackSubmitted::new(
+        submission.course_id,
+        student.clone(),
+        submission.rating,
+        submission.comment,
+    );
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let record = SpooledRecord {
+        key: event.course_id.to_string(),
+        payload: event.to_json(),
+        request_id,
+    };
+    let feedback_id = event.feedback_id.to_string();
+
+    let answer = match idempotency_key {
+        None => deliver(&state, record, feedback_id).await?,
+        Some(key) => match state
+            .idempotency
+            .claim(&student, &key, record, feedback_id)
+            .await?
+        {
+            Claim::Replay(answer) => answer,
+            Claim::Submit {
+                key,
+                record,
+                feedback_id,
+            } => match deliver(&state, record, feedback_id).await {
+                Ok(answer) => {
+                    state.idempotency.finish(key, &answer).await;
+                    answer
+                }
+                Err(err) => {
+                    state.idempotency.release(&key);
+                    return Err(err);
+                }
+            },
+        },
+    };
+    tracing::info!(feedback_id = %answer.feedback_id, status = ?answer.status, "feedback taken");
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+async fn deliver(
+    state: &AppState,
+    record: SpooledRecord,
+    feedback_id: String,
+) -> Result<Answer, ApiError> {
+    match state.pipeline.submit(record).await {
+        Ok(status) => Ok(Answer {
+            feedback_id,
+            status,
+        }),
+        Err(err @ SubmitError::SpoolFull) | Err(err @ SubmitError::Disk(_)) => {
+            tracing::error!(%err, "submission refused: neither Kafka nor the spool can take it");
+            Err(ApiError::unavailable(
+                "unavailable",
+                "feedback cannot be taken right now; please retry shortly",
+                5,
+            ))
+        }
+    }
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Reads at most [`MAX_BODY_BYTES`]; a larger declared length is refused unread.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// Parses the body into a [`Submission`], with the contract's status per fault.
+pub fn parse(bytes: &[u8]) -> Result<Submission, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    let wrong_type = |field: &'static str, wanted: &str| {
+        ApiError::bad_request("invalid_type", format!("{field} must be {wanted}")).with_field(field)
+    };
+    let missing = |field: &'static str| {
+        ApiError::unprocessable("missing_field", format!("{field} is required")).with_field(field)
+    };
+    let invalid = |field: &'static str, e: shared::domain::Invalid| {
+        ApiError::unprocessable("invalid_value", e.0).with_field(field)
+    };
+
+    let course_id = match fields.get("course_id") {
+        None | Some(Value::Null) => return Err(missing("course_id")),
+        Some(Value::String(s)) => {
+            CourseId::parse(s.as_str()).map_err(|e| invalid("course_id", e))?
+        }
+        Some(_) => return Err(wrong_type("course_id", "a string")),
+    };
+    let rating = match fields.get("rating") {
+        None | Some(Value::Null) => return Err(missing("rating")),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => Rating::parse(i).map_err(|e| invalid("rating", e))?,
+            // 4.5, 1e30: a number, but not a rating.
+            None => {
+                return Err(invalid(
+                    "rating",
+                    shared::domain::Invalid("rating must be an integer from 1 to 5".into()),
+                ))
+            }
+        },
+        Some(_) => return Err(wrong_type("rating", "an integer")),
+    };
+    let comment = match fields.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => {
+            Some(Comment::parse(s.trim()).map_err(|e| invalid("comment", e))?)
+        }
+        Some(_) => return Err(wrong_type("comment", "a string")),
+    };
+    Ok(Submission {
+        course_id,
+        rating,
+        comment,
+    })
+}
+
+fn apply_policy(state: &AppState, comment: Option<Comment>) -> Result<Option<Comment>, ApiError> {
+    let Some(comment) = comment else {
+        return Ok(None);
+    };
+    match (state.filter.check(comment.as_str()), state.policy) {
+        (Filtered::Clean, _) => Ok(Some(comment)),
+        (Filtered::Masked(_), Policy::Reject) => {
+            metrics::counter!("ingest_sensitive_total", "action" => "rejected").increment(1);
+            Err(ApiError::unprocessable(
+                "sensitive_content",
+                "the comment contains words that are not allowed",
+            )
+            .with_field("comment"))
+        }
+        (Filtered::Masked(masked), Policy::Mask) => {
+            metrics::counter!("ingest_sensitive_total", "action" => "masked").increment(1);
+            // Masking keeps the character count, so the masked text is still a valid comment.
+            Comment::parse(masked)
+                .map(Some)
+                .map_err(|e| ApiError::unprocessable("invalid_value", e.0).with_field("comment"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(body: &str) -> (StatusCode, &'static str, Option<&'static str>) {
+        let err = parse(body.as_bytes()).unwrap_err();
+        (err.status, err.code, err.field)
+    }
+
+    #[test]
+    fn a_valid_body_parses_with_a_trimmed_comment() {
+        let s =
+            parse(r#"{"course_id":"CS101","rating":4,"comment":"  很好  "}"#.as_bytes()).unwrap();
+        assert_eq!((s.course_id.as_str(), s.rating.get()), ("CS101", 4));
+        assert_eq!(s.comment.unwrap().as_str(), "很好");
+        let s = parse(br#"{"course_id":"CS101","rating":1,"comment":"   "}"#).unwrap();
+        assert!(s.comment.is_none());
+        let s = parse(br#"{"course_id":"CS101","rating":5,"comment":null,"extra":1}"#).unwrap();
+        assert!(s.comment.is_none());
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_400() {
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(fault("{"), (bad, "invalid_json", None));
+        assert_eq!(fault("[1,2]"), (bad, "invalid_json", None));
+        assert_eq!(fault(""), (bad, "invalid_json", None));
+        let err = parse(b"{\"course_id\":\"\xff\xfe\"}").unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (bad, "invalid_json"),
+            "invalid UTF-8"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_400_with_the_field() {
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(
+            fault(r#"{"course_id":1,"rating":4}"#),
+            (bad, "invalid_type", Some("course_id"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":"4"}"#),
+            (bad, "invalid_type", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":true}"#),
+            (bad, "invalid_type", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":4,"comment":["x"]}"#),
+            (bad, "invalid_type", Some("comment"))
+        );
+    }
+
+    #[test]
+    fn missing_and_out_of_range_fields_are_422_with_the_field() {
+        let un = StatusCode::UNPROCESSABLE_ENTITY;
+        assert_eq!(
+            fault(r#"{"rating":4}"#),
+            (un, "missing_field", Some("course_id"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C"}"#),
+            (un, "missing_field", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":0}"#),
+            (un, "invalid_value", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":6}"#),
+            (un, "invalid_value", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":4.5}"#),
+            (un, "invalid_value", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":1e30}"#),
+            (un, "invalid_value", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"C","rating":-3}"#),
+            (un, "invalid_value", Some("rating"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"","rating":3}"#),
+            (un, "invalid_value", Some("course_id"))
+        );
+        assert_eq!(
+            fault(r#"{"course_id":"CS 101","rating":3}"#),
+            (un, "invalid_value", Some("course_id"))
+        );
+        let long = format!(r#"{{"course_id":"{}","rating":3}}"#, "x".repeat(65));
+        assert_eq!(fault(&long), (un, "invalid_value", Some("course_id")));
+        let comment = format!(
+            r#"{{"course_id":"C","rating":3,"comment":"{}"}}"#,
+            "好".repeat(2001)
+        );
+        assert_eq!(fault(&comment), (un, "invalid_value", Some("comment")));
+    }
+}

@@ -1,0 +1,281 @@
+//! From an accepted event to Kafka: produce directly while the breaker is
+//! closed and the spool is empty; otherwise append to the disk spool, which a
+//! drainer replays to Kafka in order once the broker answers again.
+//!
+//! A record leaves the spool only after the broker acknowledged it. A produce
+//! that timed out may still have been written, so the same event can reach
+//! Kafka twice: the aggregator dedupes by `feedback_id`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::time::Instant;
+
+use crate::breaker::Breaker;
+use crate::store::{SpooledRecord, Store, StoreError};
+
+/// How a submission was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Kafka acknowledged it.
+    Accepted,
+    /// It is on the disk spool, synced, and will be delivered in order.
+    Spooled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("Kafka is unavailable and the spool is full")]
+    SpoolFull,
+    #[error("Kafka is unavailable and the spool failed: {0}")]
+    Disk(String),
+}
+
+/// librdkafka's client context: cluster-wide trouble trips the breaker early,
+/// before deliveries time out.
+pub struct BreakerContext {
+    breaker: Arc<Breaker>,
+}
+
+impl ClientContext for BreakerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.breaker.trip();
+        }
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+/// Settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// librdkafka's `message.timeout.ms`: how long one delivery may take.
+    pub delivery_timeout: Duration,
+    /// Records the drainer sends per round.
+    pub drain_batch: usize,
+}
+
+pub struct Pipeline {
+    producer: FutureProducer<BreakerContext>,
+    pub breaker: Arc<Breaker>,
+    pub store: Store,
+    config: PipelineConfig,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, store: Store) -> anyhow::Result<Arc<Self>> {
+        let breaker = Arc::new(Breaker::new());
+        let producer: FutureProducer<BreakerContext> =
+            shared::kafka::client_config(&config.brokers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "2")
+                .set(
+                    "message.timeout.ms",
+                    config.delivery_timeout.as_millis().to_string(),
+                )
+                .set("socket.timeout.ms", "3000")
+                .set("topic.metadata.refresh.interval.ms", "10000")
+                .create_with_context(BreakerContext {
+                    breaker: breaker.clone(),
+                })
+                .context("creating the Kafka producer")?;
+        Ok(Arc::new(Self {
+            producer,
+            breaker,
+            store,
+            config,
+        }))
+    }
+
+    /// Takes `record` for delivery: to Kafka directly when it is healthy and
+    /// nothing waits in the spool (order per course), else to the spool.
+    pub async fn submit(&self, record: SpooledRecord) -> Result<Outcome, SubmitError> {
+        if self.breaker.is_closed() && self.store.is_empty() {
+            let started = Instant::now();
+            // Created before enqueueing, so an opening during the wait is not missed.
+            let opened = self.breaker.opened();
+            let sent = match self.enqueue(&record) {
+                Ok(delivery) => tokio::select! {
+                    result = delivery => result.map_err(|_| KafkaError::Canceled).and_then(|r| r.map(|_| ()).map_err(|(e, _)| e)),
+                    // The breaker opened while we waited: stop waiting on a dead broker.
+                    // If the message is delivered after all, the aggregator drops the copy.
+                    _ = opened => Err(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)),
+                },
+                Err(e) => Err(e),
+            };
+            metrics::histogram!("ingest_produce_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match sent {
+                Ok(()) => {
+                    self.breaker.record_success();
+                    return Ok(Outcome::Accepted);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, request_id = %record.request_id, "delivery failed: spooling");
+                    self.breaker.record_failure();
+                }
+            }
+        }
+        match self.store.append(record).await {
+            Ok(()) => Ok(Outcome::Spooled),
+            Err(StoreError::Full) => Err(SubmitError::SpoolFull),
+            Err(StoreError::Disk(e)) => Err(SubmitError::Disk(e)),
+        }
+    }
+
+    /// Hands `record` to librdkafka now (in call order); the future resolves on acknowledgement.
+    fn enqueue(&self, record: &SpooledRecord) -> Result<DeliveryFuture, KafkaError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "x-request-id",
+            value: Some(record.request_id.as_bytes()),
+        });
+        let message = FutureRecord::to(&self.config.topic)
+            .key(record.key.as_bytes())
+            .payload(&record.payload)
+            .headers(headers);
+        self.producer.send_result(message).map_err(|(e, _)| e)
+    }
+
+    /// Replays the spool to Kafka in order until `stop` resolves.
+    pub async fn drain(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let pause = match self.drain_once().await {
+                Ok(Drained::Empty) => None,
+                Ok(Drained::Some) => continue,
+                Ok(Drained::Waiting(d)) => Some(d),
+                Err(err) => {
+                    tracing::error!(%err, "draining the spool failed");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            let notified = self.store.spooled.notified();
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = notified, if pause.is_none() => {}
+                _ = tokio::time::sleep(pause.unwrap_or_default()), if pause.is_some() => {}
+            }
+        }
+    }
+
+    async fn drain_once(&self) -> anyhow::Result<Drained> {
+        if self.store.is_empty() {
+            return Ok(Drained::Empty);
+        }
+        if !self.breaker.try_probe() {
+            return Ok(Drained::Waiting(
+                self.breaker.until_probe().max(Duration::from_millis(50)),
+            ));
+        }
+        if self.breaker.state() == crate::breaker::State::HalfOpen && !self.probe().await {
+            self.breaker.record_failure();
+            return Ok(Drained::Waiting(self.breaker.until_probe()));
+        }
+        let batch = self.store.oldest(self.config.drain_batch)?;
+        // Enqueue all in order first; the idempotent producer keeps that order per partition.
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for (seq, record) in &batch {
+            match self.enqueue(record) {
+                Ok(delivery) => deliveries.push((*seq, delivery)),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut delivered = Vec::with_capacity(deliveries.len());
+        for (seq, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => delivered.push(seq),
+                Ok(Err((error, _))) => {
+                    failed.get_or_insert(error);
+                }
+                Err(_) => {
+                    failed.get_or_insert(KafkaError::Canceled);
+                }
+            }
+        }
+        self.store.forget(&delivered)?;
+        metrics::counter!("ingest_spool_replayed_total").increment(delivered.len() as u64);
+        if let Some(error) = failed {
+            tracing::warn!(%error, delivered = delivered.len(), left = self.store.depth(), "spool replay interrupted");
+            self.breaker.record_failure();
+            return Ok(Drained::Waiting(
+                self.breaker.until_probe().max(Duration::from_millis(200)),
+            ));
+        }
+        self.breaker.record_success();
+        if self.store.is_empty() {
+            tracing::info!("spool drained: producing directly again");
+        }
+        Ok(Drained::Some)
+    }
+
+    /// Asks the broker for the topic's metadata: is Kafka back?
+    async fn probe(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.config.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Shutdown: wait for in-flight deliveries, then try the spool for up to
+    /// `limit`; say what could not be drained (it stays on disk for the next start).
+    pub async fn close(&self, limit: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(3))).await;
+        let deadline = Instant::now() + limit;
+        while !self.store.is_empty() && self.breaker.is_closed() && Instant::now() < deadline {
+            if self.drain_once().await.is_err() {
+                break;
+            }
+        }
+        if let Err(err) = self.store.flush().await {
+            tracing::error!(%err, "flushing the spool at shutdown failed");
+        }
+        if self.store.is_empty() {
+            tracing::info!("spool empty at shutdown");
+        } else {
+            tracing::warn!(
+                depth = self.store.depth(),
+                bytes = self.store.bytes(),
+                "spool not drained at shutdown: it stays on disk and drains at the next start"
+            );
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+}
+
+enum Drained {
+    /// Nothing to do until something is spooled.
+    Empty,
+    /// Sent a batch; go again.
+    Some,
+    /// Kafka is not back yet; try again after this long.
+    Waiting(Duration),
+}

@@ -1,0 +1,420 @@
+//! Ingest's HTTP surface against the real Kafka: what reaches the topic, and
+//! every refusal in the contract's error format.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, error_of, TestIngest};
+use feedback_tests::{consume, student, temp_dir, token};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shared::auth::Role;
+
+fn schema() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(shared::event::SCHEMA_V1).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+#[tokio::test]
+async fn an_accepted_submission_is_on_the_topic_keyed_by_course_as_schema_valid_json() {
+    let ingest = TestIngest::spawn().await;
+    let response = ingest
+        .client
+        .post(format!("{}/v1/feedback", ingest.url))
+        .bearer_auth(student("s-1001"))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"course_id": "CS101", "rating": 4, "comment": "讲得很清楚, \"great\""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-request-id"], "req-abc-123");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], "accepted");
+
+    let messages = consume(&ingest.topic, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let message = &messages[0];
+    assert_eq!(message.key, "CS101");
+    assert_eq!(message.request_id.as_deref(), Some("req-abc-123"));
+    let event = message.json();
+    assert!(schema().is_valid(&event), "{event} does not validate");
+    assert_eq!(event["feedback_id"], answer["feedback_id"]);
+    assert_eq!(event["rating"], 4);
+    assert_eq!(event["comment"], "讲得很清楚, \"great\"");
+    assert_eq!(event["course_id"], "CS101");
+    let key = event["student_key"].as_str().unwrap();
+    assert_eq!(key.len(), 64);
+    assert!(
+        !message.payload.windows(7).any(|w| w == b"s-1001\""),
+        "the raw subject never leaves ingest"
+    );
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked_401_for_bad_403_for_another_role() {
+    let ingest = TestIngest::spawn().await;
+    let body = json!({"course_id": "CS101", "rating": 4});
+    let url = format!("{}/v1/feedback", ingest.url);
+
+    let none = ingest.client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(none).await["code"], "unauthorized");
+
+    let forged = shared::auth::JwtKeys::new(b"a-different-secret-of-32-bytes-or-more")
+        .unwrap()
+        .mint("x", Role::Student, 60);
+    for bad in ["garbage", "a.b.c", forged.as_str()] {
+        let response = ingest.post(bad, &body).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let admin = ingest.post(&token("root", Role::Admin), &body).await;
+    assert_eq!(admin.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_of(admin).await["code"], "forbidden");
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_status_code_and_field() {
+    let ingest = TestIngest::spawn().await;
+    let url = format!("{}/v1/feedback", ingest.url);
+    let alice = student("alice");
+    let raw = |ct: &'static str, body: Vec<u8>| {
+        ingest
+            .client
+            .post(&url)
+            .bearer_auth(&alice)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+
+    let r = raw("text/plain", br#"{"course_id":"C","rating":3}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_of(r).await["code"], "unsupported_media_type");
+
+    let r = raw("application/json", vec![b' '; 16 * 1024 + 1])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(r).await["code"], "payload_too_large");
+
+    let r = raw("application/json; charset=utf-8", b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(r).await["code"], "invalid_json");
+
+    let r = raw(
+        "application/json",
+        b"{\"course_id\":\"\xc3\x28\",\"rating\":3}".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "invalid UTF-8");
+
+    let cases = [
+        (
+            json!({"course_id": "CS101", "rating": 6}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rating",
+        ),
+        (
+            json!({"course_id": "CS101", "rating": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rating",
+        ),
+        (
+            json!({"course_id": "CS101", "rating": 2.5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rating",
+        ),
+        (
+            json!({"course_id": "CS101", "rating": "5"}),
+            StatusCode::BAD_REQUEST,
+            "rating",
+        ),
+        (
+            json!({"course_id": "CS101"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rating",
+        ),
+        (
+            json!({"course_id": "CS 101", "rating": 3}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "course_id",
+        ),
+        (
+            json!({"course_id": "x".repeat(65), "rating": 3}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "course_id",
+        ),
+        (
+            json!({"course_id": 101, "rating": 3}),
+            StatusCode::BAD_REQUEST,
+            "course_id",
+        ),
+        (
+            json!({"course_id": "CS101", "rating": 3, "comment": "好".repeat(2001)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "comment",
+        ),
+        (
+            json!({"course_id": "CS101", "rating": 3, "comment": 42}),
+            StatusCode::BAD_REQUEST,
+            "comment",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let response = ingest.post(&alice, &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error = error_of(response).await;
+        assert_eq!(error["field"], field, "{body}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // A long comment in Chinese within the limit is fine.
+    let ok = ingest
+        .post(
+            &alice,
+            &json!({"course_id": "CS101", "rating": 3, "comment": "好".repeat(2000)}),
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+
+    let r = ingest.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_of(r).await["code"], "method_not_allowed");
+    let r = ingest
+        .client
+        .get(format!("{}/nope", ingest.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_of(r).await["code"], "not_found");
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn sensitive_words_are_masked_before_they_reach_kafka() {
+    let ingest = TestIngest::spawn().await;
+    let response = ingest
+        .post(&student("bob"), &json!({"course_id": "CS101", "rating": 1, "comment": "这老师是傻*逼, F.U.C.K this class"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let messages = consume(&ingest.topic, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages[0].json()["comment"],
+        "这老师是***, ******* this class"
+    );
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_reject_policy_answers_422_sensitive_content() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let mut config = config(&topic, temp_dir("spool"));
+    config.sensitive_policy = ingest::filter::Policy::Reject;
+    let ingest = TestIngest::spawn_with(config).await;
+    let response = ingest
+        .post(
+            &student("bob"),
+            &json!({"course_id": "CS101", "rating": 1, "comment": "傻逼课程"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error = error_of(response).await;
+    assert_eq!(
+        (error["code"].as_str(), error["field"].as_str()),
+        (Some("sensitive_content"), Some("comment"))
+    );
+    let clean = ingest
+        .post(
+            &student("bob"),
+            &json!({"course_id": "CS101", "rating": 1, "comment": "课程很好"}),
+        )
+        .await;
+    assert_eq!(clean.status(), StatusCode::ACCEPTED);
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_student_over_the_limit_gets_429_with_rate_limit_headers() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let mut config = config(&topic, temp_dir("spool"));
+    config.rate_limit_student_per_min = 3;
+    let ingest = TestIngest::spawn_with(config).await;
+    let body = json!({"course_id": "CS101", "rating": 5});
+    for _ in 0..3 {
+        assert_eq!(
+            ingest.post(&student("carol"), &body).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let limited = ingest.post(&student("carol"), &body).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    for header in [
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert!(limited.headers().contains_key(header), "missing {header}");
+    }
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "3");
+    assert_eq!(error_of(limited).await["code"], "rate_limited");
+    assert_eq!(
+        ingest.post(&student("dave"), &body).await.status(),
+        StatusCode::ACCEPTED,
+        "other students are not limited"
+    );
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_client_address_over_its_limit_gets_429() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let mut config = config(&topic, temp_dir("spool"));
+    config.rate_limit_ip_per_min = 4;
+    let ingest = TestIngest::spawn_with(config).await;
+    let body = json!({"course_id": "CS101", "rating": 5});
+    let statuses: Vec<u16> = futures_statuses(&ingest, &body, 6).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    ingest.shutdown().await;
+}
+
+async fn futures_statuses(ingest: &TestIngest, body: &Value, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            ingest
+                .post(&student(&format!("ip-{i}")), body)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gets_the_same_answer_and_one_event_even_after_a_restart() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let spool = temp_dir("spool");
+    let ingest = TestIngest::spawn_with(config(&topic, spool.clone())).await;
+    let post = |ingest: &TestIngest, sub: &str, key: &str| {
+        ingest
+            .client
+            .post(format!("{}/v1/feedback", ingest.url))
+            .bearer_auth(student(sub))
+            .header("idempotency-key", key)
+            .json(&json!({"course_id": "CS101", "rating": 2}))
+            .send()
+    };
+    // Concurrent duplicates share one answer.
+    let (a, b) = tokio::join!(
+        post(&ingest, "erin", "key-1"),
+        post(&ingest, "erin", "key-1")
+    );
+    let a: Value = a.unwrap().json().await.unwrap();
+    let b: Value = b.unwrap().json().await.unwrap();
+    assert_eq!(a, b);
+    let other: Value = post(&ingest, "frank", "key-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        other["feedback_id"], a["feedback_id"],
+        "keys are per student"
+    );
+    let bad = post(&ingest, "erin", "has space").await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    ingest.shutdown().await;
+
+    let ingest = TestIngest::spawn_with(config(&topic, spool)).await;
+    let again: Value = post(&ingest, "erin", "key-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, a, "the key survives a restart");
+    ingest.shutdown().await;
+
+    let messages = consume(&topic, 2, Duration::from_secs(20)).await.unwrap();
+    let ids: Vec<Value> = messages
+        .iter()
+        .map(|m| m.json()["feedback_id"].clone())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|id| **id == a["feedback_id"]).count(),
+        1,
+        "{ids:?}"
+    );
+    assert!(
+        consume(&topic, 3, Duration::from_secs(3)).await.is_err(),
+        "no third event"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
+    let ingest = TestIngest::spawn().await;
+    let get = |path: &str| ingest.client.get(format!("{}{path}", ingest.url)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["kafka"]["breaker"], "closed");
+    assert_eq!(ready["checks"]["spool"]["depth"], 0);
+    ingest
+        .post(
+            &student("gina"),
+            &json!({"course_id": "CS101", "rating": 5}),
+        )
+        .await;
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "ingest_produce_duration_seconds",
+        "ingest_spool_depth",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let form = get("/").await.unwrap();
+    assert!(form.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = form.text().await.unwrap();
+    assert!(
+        html.contains("/v1/feedback")
+            && html.contains("课程反馈")
+            && html.contains("Course feedback")
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external resources"
+    );
+    ingest.shutdown().await;
+}
