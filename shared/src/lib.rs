@@ -10,10 +10,14 @@
 //! - [`event`]: the `feedback.submitted` v1 event, as `schemas/feedback-submitted.v1.json` describes it.
 //! - [`auth`]: HS256 JWT verification and minting (students and admins).
 //! - [`http`]: the contract's error body and the health routes.
+//! - [`db`] and [`cache`]: the MySQL schema and the Redis course hash with its
+//!   version-guarded Lua scripts, written by the aggregator and read by query.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`kafka`]: start-up plumbing.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod event;
 pub mod http;

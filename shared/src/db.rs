@@ -1,0 +1,137 @@
+//! The MySQL schema, shared by the aggregator (which writes it) and query
+//! (which reads it). Migrations are idempotent and run at start by both, so
+//! either can come up first. The SQL runs on MySQL 8.4 and MariaDB 10.11:
+//! explicit `utf8mb4_unicode_ci`, indexes inside `CREATE TABLE`.
+
+use anyhow::Context;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Pool};
+
+/// Every event received, once per `feedback_id` (the history).
+pub const FEEDBACK_EVENTS: &str = "feedback_events";
+/// One row per (course_id, student_key): the student's current rating (the counting rule).
+pub const CURRENT_RESPONSES: &str = "current_responses";
+/// One row per course: responses, rating_sum, the count of each rating, a version.
+pub const COURSE_STATS: &str = "course_stats";
+/// The aggregator's progress: the next offset per topic partition.
+pub const CONSUMER_OFFSETS: &str = "consumer_offsets";
+
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS feedback_events (
+        feedback_id CHAR(26) NOT NULL,
+        course_id VARCHAR(64) NOT NULL,
+        student_key CHAR(64) NOT NULL,
+        rating TINYINT UNSIGNED NOT NULL,
+        comment TEXT NULL,
+        submitted_at DATETIME(6) NOT NULL,
+        kafka_partition INT NOT NULL,
+        kafka_offset BIGINT NOT NULL,
+        received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        PRIMARY KEY (feedback_id),
+        INDEX idx_events_course_submitted (course_id, submitted_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    "CREATE TABLE IF NOT EXISTS current_responses (
+        course_id VARCHAR(64) NOT NULL,
+        student_key CHAR(64) NOT NULL,
+        feedback_id CHAR(26) NOT NULL,
+        rating TINYINT UNSIGNED NOT NULL,
+        comment TEXT NULL,
+        submitted_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (course_id, student_key),
+        INDEX idx_current_course_submitted (course_id, submitted_at, feedback_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    "CREATE TABLE IF NOT EXISTS course_stats (
+        course_id VARCHAR(64) NOT NULL,
+        responses BIGINT NOT NULL DEFAULT 0,
+        rating_sum BIGINT NOT NULL DEFAULT 0,
+        rating_1 BIGINT NOT NULL DEFAULT 0,
+        rating_2 BIGINT NOT NULL DEFAULT 0,
+        rating_3 BIGINT NOT NULL DEFAULT 0,
+        rating_4 BIGINT NOT NULL DEFAULT 0,
+        rating_5 BIGINT NOT NULL DEFAULT 0,
+        version BIGINT NOT NULL DEFAULT 0,
+        updated_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (course_id),
+        INDEX idx_stats_responses (responses),
+        INDEX idx_stats_updated (updated_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    "CREATE TABLE IF NOT EXISTS consumer_offsets (
+        topic VARCHAR(255) NOT NULL,
+        kafka_partition INT NOT NULL,
+        next_offset BIGINT NOT NULL,
+        updated_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (topic, kafka_partition)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+];
+
+/// A pool for `url` (callers bound their waits with timeouts: mysql_async has no connect timeout).
+pub fn pool(url: &str) -> anyhow::Result<Pool> {
+    let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
+    let opts = OptsBuilder::from_opts(opts).pool_opts(
+        mysql_async::PoolOpts::default()
+            .with_constraints(mysql_async::PoolConstraints::new(1, 32).expect("1 <= 32")),
+    );
+    Ok(Pool::new(opts))
+}
+
+/// Creates the database named in `url` when missing, then the tables.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
+    let database = opts.db_name().unwrap_or("feedback").to_owned();
+    anyhow::ensure!(
+        database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database name {database:?} must be letters, digits and _"
+    );
+    let server = Pool::new(OptsBuilder::from_opts(opts.clone()).db_name(None::<String>));
+    let mut conn = server.get_conn().await.context("connecting to MySQL")?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))
+    .await?;
+    conn.query_drop(format!("USE `{database}`")).await?;
+    for statement in MIGRATIONS {
+        conn.query_drop(*statement)
+            .await
+            .context("running a migration")?;
+    }
+    drop(conn);
+    server.disconnect().await?;
+    Ok(())
+}
+
+/// A course's row of `course_stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsRow {
+    pub responses: i64,
+    pub rating_sum: i64,
+    /// Counts of ratings 1 to 5.
+    pub distribution: [i64; 5],
+    /// Increases with every change; 0 for a course never seen.
+    pub version: i64,
+    /// Microseconds since the epoch of the last change (0 when never changed).
+    pub updated_at_micros: i64,
+}
+
+/// Reads one course's stats (zeros and version 0 when it has none).
+pub async fn read_stats(conn: &mut mysql_async::Conn, course_id: &str) -> anyhow::Result<StatsRow> {
+    let row: Option<(i64, i64, i64, i64, i64, i64, i64, i64, i64)> = conn
+        .exec_first(
+            "SELECT responses, rating_sum, rating_1, rating_2, rating_3, rating_4, rating_5, version,
+                    CAST(UNIX_TIMESTAMP(updated_at) * 1000000 AS SIGNED)
+             FROM course_stats WHERE course_id = ?",
+            (course_id,),
+        )
+        .await?;
+    Ok(row.map_or_else(
+        StatsRow::default,
+        |(n, sum, r1, r2, r3, r4, r5, version, at)| StatsRow {
+            responses: n,
+            rating_sum: sum,
+            distribution: [r1, r2, r3, r4, r5],
+            version,
+            updated_at_micros: at,
+        },
+    ))
+}
