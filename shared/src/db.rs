@@ -114,9 +114,12 @@ pub struct StatsRow {
     pub updated_at_micros: i64,
 }
 
+/// responses, rating_sum, rating_1..rating_5, version, updated_at in microseconds.
+type StatsColumns = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
 /// Reads one course's stats (zeros and version 0 when it has none).
 pub async fn read_stats(conn: &mut mysql_async::Conn, course_id: &str) -> anyhow::Result<StatsRow> {
-    let row: Option<(i64, i64, i64, i64, i64, i64, i64, i64, i64)> = conn
+    let row: Option<StatsColumns> = conn
         .exec_first(
             "SELECT responses, rating_sum, rating_1, rating_2, rating_3, rating_4, rating_5, version,
                     CAST(UNIX_TIMESTAMP(updated_at) * 1000000 AS SIGNED)
