@@ -222,7 +222,9 @@ impl Idempotency {
             loop {
                 tick.tick().await;
                 let Some(this) = this.upgrade() else { break };
-                let removed = tokio::task::block_in_place(|| this.prune());
+                let removed = tokio::task::spawn_blocking(move || this.prune())
+                    .await
+                    .unwrap_or(0);
                 if removed > 0 {
                     tracing::info!(removed, "expired idempotency keys pruned");
                 }

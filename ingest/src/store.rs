@@ -7,7 +7,7 @@
 //! The spool is bounded in bytes; a full spool refuses, it never drops.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -23,6 +23,36 @@ pub struct SpooledRecord {
     pub payload: Vec<u8>,
     /// The request id that accepted it, carried into the Kafka header.
     pub request_id: String,
+}
+
+impl SpooledRecord {
+    /// On disk: key length (u16 BE), key, request id length (u16 BE), request id, payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let key = &self.key.as_bytes()[..self.key.len().min(u16::MAX as usize)];
+        let id = &self.request_id.as_bytes()[..self.request_id.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(4 + key.len() + id.len() + self.payload.len());
+        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let take = |at: usize| -> Option<(String, usize)> {
+            let len = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
+            let text = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?;
+            Some((text.to_owned(), at + 2 + len))
+        };
+        let (key, at) = take(0)?;
+        let (request_id, at) = take(at)?;
+        Some(Self {
+            key,
+            request_id,
+            payload: bytes[at..].to_vec(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +98,8 @@ struct Counters {
     depth: AtomicU64,
     bytes: AtomicU64,
     max_bytes: u64,
+    /// Set when an append was refused for want of room; cleared when records leave.
+    full: AtomicBool,
 }
 
 impl Store {
@@ -101,6 +133,7 @@ impl Store {
             depth: AtomicU64::new(depth),
             bytes: AtomicU64::new(bytes),
             max_bytes,
+            full: AtomicBool::new(false),
         });
         let (writes, queue) = mpsc::channel(4096);
         let disk = Disk {
@@ -152,11 +185,12 @@ impl Store {
         let mut out = Vec::with_capacity(limit);
         for entry in self.disk.spool.iter().take(limit) {
             let (key, value) = entry?;
-            match serde_json::from_slice(&value) {
-                Ok(record) => out.push((seq_of(&key), record)),
-                Err(err) => {
+            match SpooledRecord::decode(&value) {
+                Some(record) => out.push((seq_of(&key), record)),
+                None => {
                     // Written by this code, so this means disk corruption: keep it out of the way.
-                    tracing::error!(seq = seq_of(&key), %err, "unreadable spool record moved aside");
+                    tracing::error!(seq = seq_of(&key), "unreadable spool record moved aside");
+                    metrics::counter!("ingest_spool_unreadable_total").increment(1);
                     self.disk
                         .db
                         .open_tree("spool-unreadable")?
@@ -177,6 +211,7 @@ impl Store {
                     .counters
                     .bytes
                     .fetch_sub(old.len() as u64, Ordering::AcqRel);
+                self.disk.counters.full.store(false, Ordering::Release);
             }
         }
         self.disk.publish();
@@ -199,9 +234,11 @@ impl Store {
         self.depth() == 0
     }
 
-    /// Whether the spool can take more: read by `/readyz` without waiting.
+    /// Whether the spool can take more: false once an append was refused for
+    /// want of room, until records drain. Read by `/readyz` without waiting.
     pub fn has_capacity(&self) -> bool {
-        self.bytes() < self.disk.counters.max_bytes
+        !self.disk.counters.full.load(Ordering::Acquire)
+            && self.bytes() < self.disk.counters.max_bytes
     }
 
     /// The idempotency tree, for [`crate::idempotency`].
@@ -248,10 +285,10 @@ impl Disk {
     fn apply(&self, write: Write) -> Result<(), StoreError> {
         match write {
             Write::Append(record) => {
-                let value =
-                    serde_json::to_vec(&record).map_err(|e| StoreError::Disk(e.to_string()))?;
+                let value = record.encode();
                 let len = value.len() as u64;
                 if self.counters.bytes.load(Ordering::Acquire) + len > self.counters.max_bytes {
+                    self.counters.full.store(true, Ordering::Release);
                     metrics::counter!("ingest_spool_full_total").increment(1);
                     return Err(StoreError::Full);
                 }
@@ -333,7 +370,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_full_spool_refuses_instead_of_dropping() {
         let dir = tempdir();
-        let one = serde_json::to_vec(&record(0)).unwrap().len() as u64;
+        let one = record(0).encode().len() as u64;
         let store = Store::open(&dir, one * 3).unwrap();
         for i in 0..3 {
             store.append(record(i)).await.unwrap();
@@ -351,7 +388,21 @@ pub(crate) mod tests {
             .map(|(s, _)| s)
             .collect();
         store.forget(&seqs).unwrap();
+        assert!(store.has_capacity());
         store.append(record(4)).await.unwrap();
+    }
+
+    #[test]
+    fn records_encode_compactly_and_decode_back() {
+        let r = SpooledRecord {
+            key: "课程-1".into(),
+            payload: b"{\"a\":1}".to_vec(),
+            request_id: "rid".into(),
+        };
+        let bytes = r.encode();
+        assert_eq!(bytes.len(), 2 + "课程-1".len() + 2 + 3 + 7);
+        assert_eq!(SpooledRecord::decode(&bytes), Some(r));
+        assert_eq!(SpooledRecord::decode(&[0, 9, b'x']), None);
     }
 
     #[tokio::test]

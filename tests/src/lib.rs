@@ -131,45 +131,6 @@ impl Consumed {
     }
 }
 
-/// Reads `topic` from the beginning until `count` messages arrived (fails after `limit`).
-/// Messages come in partition order; across partitions in arrival order.
-pub async fn consume(topic: &str, count: usize, limit: Duration) -> anyhow::Result<Vec<Consumed>> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: StreamConsumer = shared::kafka::client_config(&kafka_brokers())
-        .set("group.id", unique_name("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    let mut out = Vec::with_capacity(count);
-    let deadline = tokio::time::Instant::now() + limit;
-    while out.len() < count {
-        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(message) => message?,
-            Err(_) => anyhow::bail!(
-                "only {} of {count} messages arrived on {topic} within {limit:?}",
-                out.len()
-            ),
-        };
-        let request_id = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == "x-request-id")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        out.push(Consumed {
-            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            partition: message.partition(),
-            offset: message.offset(),
-            request_id,
-        });
-    }
-    Ok(out)
-}
-
 /// Runs `scripts/infra.sh ARGS` (fault injection: `kill kafka`, `start kafka`, ...).
 pub fn infra(args: &[&str]) -> anyhow::Result<()> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra.sh");
@@ -198,3 +159,59 @@ impl Drop for Restart {
 /// Serialises the tests of one binary that stop shared services (cargo runs
 /// test binaries one at a time, so other binaries never see the outage).
 pub static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reads `topic` from the beginning until `done` says the messages so far are
+/// enough (fails after `limit`). For streams that may carry duplicates.
+pub async fn consume_until(
+    topic: &str,
+    limit: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = shared::kafka::client_config(&kafka_brokers())
+        .set("group.id", unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(&out) {
+        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(message) => message?,
+            Err(_) => anyhow::bail!(
+                "{topic}: the awaited messages did not all arrive within {limit:?} ({} read)",
+                out.len()
+            ),
+        };
+        let request_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == "x-request-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        out.push(Consumed {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            partition: message.partition(),
+            offset: message.offset(),
+            request_id,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads `topic` from the beginning until `count` messages arrived (fails after `limit`).
+pub async fn consume(topic: &str, count: usize, limit: Duration) -> anyhow::Result<Vec<Consumed>> {
+    consume_until(topic, limit, |messages| messages.len() >= count).await
+}
+
+/// A free loopback port (for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
