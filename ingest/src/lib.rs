@@ -6,13 +6,12 @@
 //! (`idempotency.rs`), then `pipeline.rs`: produce to Kafka keyed by
 //! `course_id` and answer `202 accepted` once the broker acknowledged.
 //!
-//! Failure modes: when Kafka is down the circuit breaker (`breaker.rs`) opens
+//! Failure modes: when Kafka is down the circuit breaker (`shared::breaker`) opens
 //! and submissions go to the sled disk spool (`store.rs`), synced before the
 //! `202 spooled` answer; a drainer replays the spool in order when Kafka
 //! answers again, and on start after a crash. A full spool answers 503 with
 //! `Retry-After`: nothing accepted is dropped.
 
-pub mod breaker;
 pub mod config;
 pub mod feedback;
 pub mod filter;
@@ -188,7 +187,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     shared::http::readiness(
         ready,
         serde_json::json!({
-            "kafka": { "breaker": breaker.as_str(), "up": breaker == breaker::State::Closed },
+            "kafka": { "breaker": breaker.as_str(), "up": breaker == shared::breaker::State::Closed },
             "spool": {
                 "depth": store.depth(),
                 "bytes": store.bytes(),

@@ -17,8 +17,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::time::Instant;
 
-use crate::breaker::Breaker;
 use crate::store::{SpooledRecord, Store, StoreError};
+use shared::breaker::Breaker;
 
 /// How a submission was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,7 +73,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, store: Store) -> anyhow::Result<Arc<Self>> {
-        let breaker = Arc::new(Breaker::new());
+        let breaker = Arc::new(Breaker::new("Kafka", "ingest_breaker_state"));
         let producer: FutureProducer<BreakerContext> =
             shared::kafka::client_config(&config.brokers)
                 .set("enable.idempotence", "true")
@@ -177,7 +177,7 @@ impl Pipeline {
                 self.breaker.until_probe().max(Duration::from_millis(50)),
             ));
         }
-        if self.breaker.state() == crate::breaker::State::HalfOpen && !self.probe().await {
+        if self.breaker.state() == shared::breaker::State::HalfOpen && !self.probe().await {
             self.breaker.record_failure();
             return Ok(Drained::Waiting(self.breaker.until_probe()));
         }

@@ -12,7 +12,14 @@
 //!   so the next read refills it from MySQL;
 //! - a fill writes only when the hash is absent or older than the fill.
 //!
-//! So Redis never holds numbers MySQL never had.
+//! One race remains in that design: a reader takes version v from MySQL, a
+//! delta v → v+1 finds no hash and is skipped, then the reader fills v, which
+//! stays stale. So a skipped or gap-deleted delta leaves a *floor*
+//! (`feedback:course:{course_id}:floor` = v+1, for a minute) and a fill below
+//! the floor is refused: the reader answers from MySQL and the next read fills.
+//!
+//! So Redis never holds numbers MySQL never had, nor numbers older than a
+//! delta it has seen.
 
 use redis::aio::ConnectionLike;
 use redis::Script;
@@ -23,6 +30,14 @@ use crate::db::StatsRow;
 pub fn course_key(course_id: &str) -> String {
     format!("feedback:course:{course_id}")
 }
+
+/// The floor key of a course: fills below this version are refused.
+pub fn floor_key(course_id: &str) -> String {
+    format!("feedback:course:{course_id}:floor")
+}
+
+/// How long a floor lives: far longer than a read-then-fill takes.
+const FLOOR_TTL_SECS: u32 = 60;
 
 /// Fields of a course hash, in the order scripts take them.
 const FIELDS: [&str; 7] = [
@@ -35,17 +50,25 @@ const FIELDS: [&str; 7] = [
     "rating_5",
 ];
 
-/// KEYS: course hashes. ARGV per key, 10 values: from, to, the 7 deltas, updated_at.
-/// Returns per key: 1 applied, 0 skipped (absent or already applied), -1 deleted on a gap.
+/// KEYS: per course, its hash then its floor. ARGV per course, 11 values:
+/// from, to, the 7 deltas, updated_at, floor TTL.
+/// Returns per course: 1 applied, 0 skipped (absent or already applied), -1 deleted on a gap.
 const DELTA_LUA: &str = r#"
 local fields = {'responses','rating_sum','rating_1','rating_2','rating_3','rating_4','rating_5'}
 local out = {}
-for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 10
+local function raise_floor(floor, to, ttl)
+  local f = redis.call('GET', floor)
+  if (not f) or tonumber(f) < to then redis.call('SET', floor, to, 'EX', ttl) end
+end
+for i = 1, #KEYS / 2 do
+  local key = KEYS[2 * i - 1]
+  local floor = KEYS[2 * i]
+  local base = (i - 1) * 11
   local from = tonumber(ARGV[base + 1])
   local to = tonumber(ARGV[base + 2])
   local current = redis.call('HGET', key, 'version')
   if not current then
+    raise_floor(floor, to, ARGV[base + 11])
     out[i] = 0
   else
     current = tonumber(current)
@@ -53,6 +76,7 @@ for i, key in ipairs(KEYS) do
       out[i] = 0
     elseif current ~= from then
       redis.call('DEL', key)
+      raise_floor(floor, to, ARGV[base + 11])
       out[i] = -1
     else
       for f = 1, 7 do
@@ -67,11 +91,13 @@ end
 return out
 "#;
 
-/// KEYS[1]: the hash. ARGV: version, the 7 values, updated_at, ttl seconds.
-/// Returns 1 when written, 0 when the hash was already as new or newer.
+/// KEYS[1]: the hash, KEYS[2]: its floor. ARGV: version, the 7 values, updated_at, ttl seconds.
+/// Returns 1 when written, 0 when the hash was as new already or the fill is below the floor.
 const FILL_LUA: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+local floor = redis.call('GET', KEYS[2])
+if floor and tonumber(floor) > tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'version', ARGV[1],
   'responses', ARGV[2], 'rating_sum', ARGV[3], 'rating_1', ARGV[4], 'rating_2', ARGV[5],
@@ -134,7 +160,9 @@ impl Scripts {
         }
         let mut invocation = self.delta.prepare_invoke();
         for d in deltas {
-            invocation.key(course_key(&d.course_id));
+            invocation
+                .key(course_key(&d.course_id))
+                .key(floor_key(&d.course_id));
             invocation
                 .arg(d.from_version)
                 .arg(d.to_version)
@@ -143,7 +171,7 @@ impl Scripts {
             for n in d.distribution {
                 invocation.arg(n);
             }
-            invocation.arg(d.updated_at_micros);
+            invocation.arg(d.updated_at_micros).arg(FLOOR_TTL_SECS);
         }
         let results: Vec<i64> = invocation.invoke_async(conn).await?;
         Ok(results
@@ -166,7 +194,9 @@ impl Scripts {
         ttl_secs: u64,
     ) -> redis::RedisResult<bool> {
         let mut invocation = self.fill.prepare_invoke();
-        invocation.key(course_key(course_id));
+        invocation
+            .key(course_key(course_id))
+            .key(floor_key(course_id));
         invocation
             .arg(stats.version)
             .arg(stats.responses)
@@ -214,4 +244,19 @@ pub async fn invalidate<C: ConnectionLike>(
         .arg(course_key(course_id))
         .query_async(conn)
         .await
+}
+
+/// A self-reconnecting Redis connection that does not need Redis up to be
+/// created, with short timeouts so a dead Redis is noticed in well under a second.
+pub fn connect(
+    url: &str,
+    timeout: std::time::Duration,
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(std::time::Duration::from_millis(500));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
 }

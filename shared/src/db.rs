@@ -1,7 +1,9 @@
 //! The MySQL schema, shared by the aggregator (which writes it) and query
 //! (which reads it). Migrations are idempotent and run at start by both, so
 //! either can come up first. The SQL runs on MySQL 8.4 and MariaDB 10.11:
-//! explicit `utf8mb4_unicode_ci`, indexes inside `CREATE TABLE`.
+//! explicit `utf8mb4_unicode_ci`, indexes inside `CREATE TABLE`. Identifiers
+//! (`course_id`, `student_key`, `feedback_id`) compare in binary, as Redis keys
+//! and the Rust code do: `CS101` and `cs101` are two courses, not one row.
 
 use anyhow::Context;
 use mysql_async::prelude::Queryable;
@@ -18,9 +20,9 @@ pub const CONSUMER_OFFSETS: &str = "consumer_offsets";
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS feedback_events (
-        feedback_id CHAR(26) NOT NULL,
-        course_id VARCHAR(64) NOT NULL,
-        student_key CHAR(64) NOT NULL,
+        feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        student_key CHAR(64) COLLATE utf8mb4_bin NOT NULL,
         rating TINYINT UNSIGNED NOT NULL,
         comment TEXT NULL,
         submitted_at DATETIME(6) NOT NULL,
@@ -31,9 +33,9 @@ const MIGRATIONS: &[&str] = &[
         INDEX idx_events_course_submitted (course_id, submitted_at)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
     "CREATE TABLE IF NOT EXISTS current_responses (
-        course_id VARCHAR(64) NOT NULL,
-        student_key CHAR(64) NOT NULL,
-        feedback_id CHAR(26) NOT NULL,
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        student_key CHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
         rating TINYINT UNSIGNED NOT NULL,
         comment TEXT NULL,
         submitted_at DATETIME(6) NOT NULL,
@@ -41,7 +43,7 @@ const MIGRATIONS: &[&str] = &[
         INDEX idx_current_course_submitted (course_id, submitted_at, feedback_id)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
     "CREATE TABLE IF NOT EXISTS course_stats (
-        course_id VARCHAR(64) NOT NULL,
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
         responses BIGINT NOT NULL DEFAULT 0,
         rating_sum BIGINT NOT NULL DEFAULT 0,
         rating_1 BIGINT NOT NULL DEFAULT 0,
@@ -67,10 +69,13 @@ const MIGRATIONS: &[&str] = &[
 /// A pool for `url` (callers bound their waits with timeouts: mysql_async has no connect timeout).
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
-    let opts = OptsBuilder::from_opts(opts).pool_opts(
-        mysql_async::PoolOpts::default()
-            .with_constraints(mysql_async::PoolConstraints::new(1, 32).expect("1 <= 32")),
-    );
+    let opts = OptsBuilder::from_opts(opts)
+        // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
+        .init(vec!["SET time_zone = '+00:00'"])
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(mysql_async::PoolConstraints::new(1, 32).expect("1 <= 32")),
+        );
     Ok(Pool::new(opts))
 }
 
@@ -101,6 +106,37 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `DATETIME(6)` literal for a UTC time (bound as a string: portable, no time-zone lookup).
+pub fn datetime(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    )
+}
+
+/// SQL for a `DATETIME(6)` column as microseconds since the epoch, without the session time zone.
+pub fn micros(column: &str) -> String {
+    format!("TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column})")
+}
+
+/// The UTC time `micros` microseconds after the epoch.
+pub fn from_micros(micros: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// `?, ?, ?` with `n` placeholders.
+pub fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// A course's row of `course_stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsRow {
@@ -114,27 +150,42 @@ pub struct StatsRow {
     pub updated_at_micros: i64,
 }
 
-/// responses, rating_sum, rating_1..rating_5, version, updated_at in microseconds.
-type StatsColumns = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+/// The select list of a course's stats: `course_id`, the numbers, `version`
+/// and `updated_at` in microseconds; read into [`StatsColumns`].
+pub fn stats_columns() -> String {
+    format!(
+        "course_id, responses, rating_sum, rating_1, rating_2, rating_3, rating_4, rating_5, version, {}",
+        micros("updated_at")
+    )
+}
 
-/// Reads one course's stats (zeros and version 0 when it has none).
-pub async fn read_stats(conn: &mut mysql_async::Conn, course_id: &str) -> anyhow::Result<StatsRow> {
-    let row: Option<StatsColumns> = conn
-        .exec_first(
-            "SELECT responses, rating_sum, rating_1, rating_2, rating_3, rating_4, rating_5, version,
-                    CAST(UNIX_TIMESTAMP(updated_at) * 1000000 AS SIGNED)
-             FROM course_stats WHERE course_id = ?",
-            (course_id,),
-        )
-        .await?;
-    Ok(row.map_or_else(
-        StatsRow::default,
-        |(n, sum, r1, r2, r3, r4, r5, version, at)| StatsRow {
+/// One row selected with [`stats_columns`].
+pub type StatsColumns = (String, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
+impl StatsRow {
+    /// A row selected with [`stats_columns`], as (course_id, stats).
+    pub fn from_columns(
+        (course_id, n, sum, r1, r2, r3, r4, r5, version, at): StatsColumns,
+    ) -> (String, StatsRow) {
+        let row = StatsRow {
             responses: n,
             rating_sum: sum,
             distribution: [r1, r2, r3, r4, r5],
             version,
             updated_at_micros: at,
-        },
-    ))
+        };
+        (course_id, row)
+    }
+}
+
+/// Reads one course's stats (zeros and version 0 when it has none).
+pub async fn read_stats(conn: &mut mysql_async::Conn, course_id: &str) -> anyhow::Result<StatsRow> {
+    let sql = format!(
+        "SELECT {} FROM course_stats WHERE course_id = ?",
+        stats_columns()
+    );
+    let row: Option<StatsColumns> = conn.exec_first(sql, (course_id,)).await?;
+    Ok(row.map_or_else(StatsRow::default, |columns| {
+        StatsRow::from_columns(columns).1
+    }))
 }

@@ -12,9 +12,11 @@
 //! - [`http`]: the contract's error body and the health routes.
 //! - [`db`] and [`cache`]: the MySQL schema and the Redis course hash with its
 //!   version-guarded Lua scripts, written by the aggregator and read by query.
+//! - [`breaker`]: the circuit breaker in front of Kafka (ingest) and Redis (query).
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`kafka`]: start-up plumbing.
 
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod db;

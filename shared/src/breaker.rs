@@ -1,10 +1,10 @@
-//! The circuit breaker in front of Kafka.
+//! A circuit breaker in front of a dependency (Kafka for ingest, Redis for query).
 //!
-//! Closed: requests produce directly. A run of delivery failures, or
-//! librdkafka reporting all brokers down, opens it: requests then go straight
-//! to the spool instead of waiting on a dead broker. After a cool-down the
-//! drainer (never a request) probes the broker: success closes the breaker,
-//! failure opens it again for a longer cool-down, up to a ceiling.
+//! Closed: requests use the dependency. A run of failures (or the client
+//! reporting the dependency down, [`Breaker::trip`]) opens it: requests then
+//! take their fallback (ingest's spool, query's MySQL) instead of waiting on a
+//! dead server. After a cool-down one caller probes: success closes the
+//! breaker, failure opens it again for a longer cool-down, up to a ceiling.
 //! Time is `tokio::time`, so tests drive it with `pause` and `advance`.
 
 use std::sync::Mutex;
@@ -58,20 +58,22 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct Breaker {
+    /// The dependency's name, for logs ("Kafka", "Redis").
+    name: &'static str,
+    /// The gauge that shows the state (0 closed, 1 open, 2 half-open).
+    gauge: &'static str,
     inner: Mutex<Inner>,
     /// Wakes requests waiting on a delivery when the breaker opens.
     opened: Notify,
 }
 
-impl Default for Breaker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Breaker {
-    pub fn new() -> Self {
+    /// A closed breaker for dependency `name`, its state published on gauge `gauge`.
+    pub fn new(name: &'static str, gauge: &'static str) -> Self {
+        metrics::gauge!(gauge).set(State::Closed.gauge());
         Self {
+            name,
+            gauge,
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 failures: 0,
@@ -105,11 +107,11 @@ impl Breaker {
         let mut inner = self.lock();
         inner.failures = 0;
         if inner.state != State::Closed {
-            tracing::info!("Kafka is reachable again: breaker closed");
+            tracing::info!(dependency = self.name, "reachable again: breaker closed");
         }
         inner.state = State::Closed;
         inner.cool_down = MIN_COOL_DOWN;
-        publish(State::Closed);
+        self.publish(State::Closed);
     }
 
     /// A delivery failed; enough of them in a row open the breaker.
@@ -117,7 +119,7 @@ impl Breaker {
         let mut inner = self.lock();
         inner.failures += 1;
         if inner.state == State::HalfOpen || inner.failures >= FAILURES_TO_OPEN {
-            open(&mut inner);
+            self.open(&mut inner);
             self.opened.notify_waiters();
         }
     }
@@ -126,7 +128,7 @@ impl Breaker {
     pub fn trip(&self) {
         let mut inner = self.lock();
         if inner.state == State::Closed {
-            open(&mut inner);
+            self.open(&mut inner);
             self.opened.notify_waiters();
         }
     }
@@ -139,7 +141,7 @@ impl Breaker {
             State::Closed | State::HalfOpen => true,
             State::Open if Instant::now() >= inner.retry_at => {
                 inner.state = State::HalfOpen;
-                publish(State::HalfOpen);
+                self.publish(State::HalfOpen);
                 true
             }
             State::Open => false,
@@ -154,24 +156,25 @@ impl Breaker {
             _ => Duration::ZERO,
         }
     }
-}
 
-fn open(inner: &mut Inner) {
-    if inner.state == State::Closed {
-        tracing::warn!(
-            failures = inner.failures,
-            "Kafka unavailable: breaker open, spooling"
-        );
+    fn open(&self, inner: &mut Inner) {
+        if inner.state == State::Closed {
+            tracing::warn!(
+                dependency = self.name,
+                failures = inner.failures,
+                "unavailable: breaker open"
+            );
+        }
+        inner.state = State::Open;
+        inner.retry_at = Instant::now() + inner.cool_down;
+        inner.cool_down = (inner.cool_down * 2).min(MAX_COOL_DOWN);
+        inner.failures = 0;
+        self.publish(State::Open);
     }
-    inner.state = State::Open;
-    inner.retry_at = Instant::now() + inner.cool_down;
-    inner.cool_down = (inner.cool_down * 2).min(MAX_COOL_DOWN);
-    inner.failures = 0;
-    publish(State::Open);
-}
 
-fn publish(state: State) {
-    metrics::gauge!("ingest_breaker_state").set(state.gauge());
+    fn publish(&self, state: State) {
+        metrics::gauge!(self.gauge).set(state.gauge());
+    }
 }
 
 #[cfg(test)]
@@ -180,7 +183,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_run_of_failures_opens_and_a_success_closes() {
-        let breaker = Breaker::new();
+        let breaker = Breaker::new("test", "test_breaker_state");
         breaker.record_failure();
         breaker.record_failure();
         assert_eq!(breaker.state(), State::Closed);
@@ -193,7 +196,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_success_between_failures_resets_the_count() {
-        let breaker = Breaker::new();
+        let breaker = Breaker::new("test", "test_breaker_state");
         breaker.record_failure();
         breaker.record_failure();
         breaker.record_success();
@@ -204,7 +207,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn probes_wait_for_a_cool_down_that_doubles_up_to_a_ceiling() {
-        let breaker = Breaker::new();
+        let breaker = Breaker::new("test", "test_breaker_state");
         breaker.trip();
         assert_eq!(breaker.state(), State::Open);
         assert_eq!(breaker.until_probe(), MIN_COOL_DOWN);
@@ -236,7 +239,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn trip_on_an_open_breaker_does_not_push_the_probe_back() {
-        let breaker = Breaker::new();
+        let breaker = Breaker::new("test", "test_breaker_state");
         breaker.trip();
         tokio::time::advance(Duration::from_millis(400)).await;
         breaker.trip();

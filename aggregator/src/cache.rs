@@ -1,0 +1,176 @@
+//! Redis after MySQL: each committed batch's per-course deltas go to Redis in
+//! one Lua call (`shared::cache`), guarded by versions, so redelivery, races
+//! with query's fills, and expired or flushed hashes are all harmless.
+//!
+//! While Redis is unreachable, MySQL keeps committing and the touched courses
+//! are remembered; when Redis answers again they are refilled from MySQL. A
+//! periodic reconciler compares recently changed courses in MySQL with Redis
+//! and repairs any hash that lags (this covers a crash between the MySQL
+//! commit and the Redis update, and a crash while Redis was down).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Pool;
+use redis::aio::ConnectionManager;
+use shared::cache::{Applied, Delta, Scripts};
+use shared::db::{stats_columns, StatsColumns, StatsRow};
+
+pub struct CacheWriter {
+    redis: ConnectionManager,
+    scripts: Scripts,
+    pool: Pool,
+    /// TTL of hashes this writer fills.
+    ttl_secs: u64,
+    /// Courses whose deltas could not reach Redis.
+    dirty: Mutex<BTreeSet<String>>,
+    /// Whether the last Redis call succeeded (for `/readyz`).
+    up: AtomicBool,
+}
+
+impl CacheWriter {
+    pub fn new(redis_url: &str, pool: Pool, ttl_secs: u64) -> anyhow::Result<Self> {
+        Ok(Self {
+            redis: shared::cache::connect(redis_url, Duration::from_millis(500))?,
+            scripts: Scripts::new(),
+            pool,
+            ttl_secs,
+            dirty: Mutex::new(BTreeSet::new()),
+            up: AtomicBool::new(true),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Applies a committed batch's deltas; on failure remembers the courses.
+    pub async fn apply(&self, deltas: &[Delta]) {
+        if deltas.is_empty() {
+            return;
+        }
+        let mut conn = self.redis.clone();
+        match self.scripts.apply(&mut conn, deltas).await {
+            Ok(results) => {
+                self.mark(true);
+                let invalidated = results
+                    .iter()
+                    .filter(|r| **r == Applied::Invalidated)
+                    .count();
+                if invalidated > 0 {
+                    metrics::counter!("aggregator_redis_invalidations_total")
+                        .increment(invalidated as u64);
+                }
+            }
+            Err(err) => {
+                self.mark(false);
+                tracing::warn!(%err, courses = deltas.len(), "Redis update failed: courses marked for repair");
+                if let Ok(mut dirty) = self.dirty.lock() {
+                    dirty.extend(deltas.iter().map(|d| d.course_id.clone()));
+                }
+            }
+        }
+    }
+
+    fn mark(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("Redis reachable again");
+            } else {
+                tracing::warn!("Redis unreachable: MySQL keeps committing");
+            }
+        }
+        metrics::gauge!("aggregator_redis_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Refills the courses remembered while Redis was down. Returns how many are left.
+    pub async fn repair_dirty(&self) -> usize {
+        let courses: Vec<String> = match self.dirty.lock() {
+            Ok(dirty) => dirty.iter().cloned().collect(),
+            Err(_) => return 0,
+        };
+        for course in courses {
+            match self.refill(&course).await {
+                Ok(()) => {
+                    if let Ok(mut dirty) = self.dirty.lock() {
+                        dirty.remove(&course);
+                    }
+                    metrics::counter!("aggregator_redis_repairs_total", "reason" => "outage")
+                        .increment(1);
+                }
+                Err(err) => {
+                    tracing::debug!(%err, course, "repair postponed");
+                    break;
+                }
+            }
+        }
+        self.dirty_count()
+    }
+
+    /// Writes MySQL's numbers for `course` (the fill skips a hash that is as new).
+    async fn refill(&self, course: &str) -> anyhow::Result<()> {
+        let stats = {
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(3), self.pool.get_conn()).await??;
+            shared::db::read_stats(&mut conn, course).await?
+        };
+        let mut redis = self.redis.clone();
+        match self
+            .scripts
+            .fill(&mut redis, course, &stats, self.ttl_secs)
+            .await
+        {
+            Ok(_) => {
+                self.mark(true);
+                Ok(())
+            }
+            Err(err) => {
+                self.mark(false);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Compares courses changed in the last `window` with Redis and repairs
+    /// hashes that lag behind MySQL. Returns how many were repaired.
+    pub async fn reconcile(&self, window: Duration) -> anyhow::Result<usize> {
+        let since = shared::event::now_micros() - window;
+        let rows: Vec<StatsColumns> = {
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(3), self.pool.get_conn()).await??;
+            let sql = format!(
+                "SELECT {} FROM course_stats WHERE updated_at >= ?",
+                stats_columns()
+            );
+            conn.exec(sql, (shared::db::datetime(since),)).await?
+        };
+        let mut repaired = 0;
+        let mut redis = self.redis.clone();
+        for (course, stats) in rows.into_iter().map(StatsRow::from_columns) {
+            let cached = shared::cache::read(&mut redis, &course).await;
+            self.mark(cached.is_ok());
+            let lagging = match cached? {
+                Some(hash) => hash.version < stats.version,
+                None => false, // Absent: the next read fills it.
+            };
+            if lagging
+                && self
+                    .scripts
+                    .fill(&mut redis, &course, &stats, self.ttl_secs)
+                    .await?
+            {
+                repaired += 1;
+                metrics::counter!("aggregator_redis_repairs_total", "reason" => "reconcile")
+                    .increment(1);
+            }
+        }
+        Ok(repaired)
+    }
+}

@@ -1,0 +1,57 @@
+//! The aggregator's settings, from the environment.
+
+use std::time::Duration;
+
+use shared::config::{parse_or, var_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `FEEDBACK_AGGREGATOR_ADDR` (health and metrics only)
+    pub addr: String,
+    /// `FEEDBACK_KAFKA_BROKERS`
+    pub brokers: String,
+    /// `FEEDBACK_KAFKA_TOPIC`
+    pub topic: String,
+    /// `FEEDBACK_CONSUMER_GROUP` (default `feedback-aggregator`)
+    pub group: String,
+    /// `FEEDBACK_REDIS_URL`
+    pub redis_url: String,
+    /// `FEEDBACK_MYSQL_URL`
+    pub mysql_url: String,
+    /// `FEEDBACK_BATCH_SIZE` (default 100)
+    pub batch_size: usize,
+    /// `FEEDBACK_BATCH_LINGER_MS` (default 50): how long a batch waits to fill.
+    pub linger: Duration,
+    /// `FEEDBACK_CACHE_TTL_SECS` (default 86400): TTL of hashes the reconciler fills.
+    pub cache_ttl_secs: u64,
+    /// `FEEDBACK_RECONCILE_INTERVAL_MS` (default 2000)
+    pub reconcile_interval: Duration,
+    /// `FEEDBACK_RECONCILE_WINDOW_SECS` (default 600): how far back "recently changed" reaches.
+    pub reconcile_window: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let batch_size: usize = parse_or("FEEDBACK_BATCH_SIZE", 100)?;
+        anyhow::ensure!(
+            (1..=10_000).contains(&batch_size),
+            "FEEDBACK_BATCH_SIZE must be 1 to 10000"
+        );
+        Ok(Self {
+            addr: var_or("FEEDBACK_AGGREGATOR_ADDR", "127.0.0.1:8081"),
+            brokers: shared::config::kafka_brokers(),
+            topic: shared::config::kafka_topic(),
+            group: var_or("FEEDBACK_CONSUMER_GROUP", "feedback-aggregator"),
+            redis_url: shared::config::redis_url(),
+            mysql_url: shared::config::mysql_url(),
+            batch_size,
+            linger: Duration::from_millis(parse_or("FEEDBACK_BATCH_LINGER_MS", 50)?),
+            cache_ttl_secs: parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?,
+            reconcile_interval: Duration::from_millis(parse_or(
+                "FEEDBACK_RECONCILE_INTERVAL_MS",
+                2_000,
+            )?),
+            reconcile_window: Duration::from_secs(parse_or("FEEDBACK_RECONCILE_WINDOW_SECS", 600)?),
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! Poison messages (not JSON, not the schema, an unknown type or version) go
+//! to `<topic>.dlq` with the reason in a header, so they never block their
+//! partition; the original bytes, key and position travel with them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+/// A message that could not be used.
+pub struct Poison {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub reason: String,
+}
+
+impl DeadLetters {
+    pub fn new(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let producer = shared::kafka::client_config(brokers)
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .context("creating the dead-letter producer")?;
+        Ok(Self {
+            producer,
+            topic: shared::kafka::dlq_topic(topic),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends `poison` to the dead-letter topic, retrying a few times.
+    pub async fn send(&self, poison: &Poison) {
+        let partition = poison.partition.to_string();
+        let offset = poison.offset.to_string();
+        for attempt in 1..=5 {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "x-dlq-reason",
+                    value: Some(poison.reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: "x-original-partition",
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: "x-original-offset",
+                    value: Some(offset.as_bytes()),
+                });
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(&poison.payload)
+                .headers(headers);
+            if let Some(key) = &poison.key {
+                record = record.key(key);
+            }
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(1)))
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(partition = poison.partition, offset = poison.offset, reason = %poison.reason, "poison message dead-lettered");
+                    metrics::counter!("aggregator_dlq_total").increment(1);
+                    return;
+                }
+                Err((err, _)) => {
+                    tracing::warn!(%err, attempt, "dead-lettering failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        tracing::error!(
+            partition = poison.partition,
+            offset = poison.offset,
+            "poison message could not be dead-lettered; skipped"
+        );
+        metrics::counter!("aggregator_dlq_failed_total").increment(1);
+    }
+}

@@ -1,0 +1,399 @@
+//! MySQL: one transaction per batch, which is what makes the effect exactly once.
+//!
+//! In order, inside the transaction:
+//! 1. lock the batch's partitions in `consumer_offsets` and skip messages below
+//!    the recorded next offset (a redelivery of what was applied);
+//! 2. append the rest to `feedback_events` in multi-row `INSERT`s of up to 100
+//!    rows; a `feedback_id` already there (a replayed spool, a retried
+//!    produce) is a duplicate and changes nothing else;
+//! 3. apply the counting rule to `current_responses` (rows locked);
+//! 4. add the per-course changes to `course_stats`, bumping each changed
+//!    course's version (the versions the Redis deltas carry);
+//! 5. record each partition's next offset.
+//!
+//! Redis is updated only after the commit (see `cache.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Pool, TxOpts, Value};
+use shared::cache::Delta;
+use shared::db::{datetime, from_micros, micros, placeholders};
+use shared::event::FeedbackSubmitted;
+
+use crate::counting::{self, Current, ResponseKey};
+
+/// The largest multi-row `INSERT`; a batch is cut into this fixed shape plus a remainder.
+pub const INSERT_ROWS: usize = 100;
+
+/// An event read from Kafka, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub event: FeedbackSubmitted,
+}
+
+/// What one committed batch did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Events counted for the first time.
+    pub applied: usize,
+    /// Events skipped: redelivered offsets and duplicate `feedback_id`s.
+    pub duplicates: usize,
+    /// The per-course changes, with the versions they move between.
+    pub deltas: Vec<Delta>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A deadlock or lock wait timeout: retry the transaction at once.
+    #[error("transaction conflict: {0}")]
+    Conflict(mysql_async::Error),
+    /// MySQL is unreachable or failed: retry with backoff.
+    #[error("MySQL unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<mysql_async::Error> for SinkError {
+    fn from(err: mysql_async::Error) -> Self {
+        match &err {
+            mysql_async::Error::Server(server) if matches!(server.code, 1213 | 1205) => {
+                SinkError::Conflict(err)
+            }
+            _ => SinkError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+/// Commits a batch: `events` decoded from the topic, `consumed` every offset
+/// the batch covers (poison messages included, so they are not read again).
+pub async fn commit(
+    pool: &Pool,
+    topic: &str,
+    events: &[Received],
+    consumed: &BTreeMap<i32, i64>,
+) -> Result<Committed, SinkError> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), pool.get_conn())
+        .await
+        .map_err(|_| SinkError::Unavailable("timed out connecting to MySQL".into()))??;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    // One clock reading for the batch: MySQL's updated_at and the deltas' agree.
+    let now_at = shared::event::now_micros();
+    let now = datetime(now_at);
+
+    let next = locked_offsets(&mut tx, topic, consumed.keys().copied()).await?;
+    let mut seen = HashSet::new();
+    let fresh: Vec<&Received> = events
+        .iter()
+        .filter(|r| r.offset >= next.get(&r.partition).copied().unwrap_or(0))
+        .filter(|r| seen.insert(r.event.feedback_id))
+        .collect();
+    let new = insert_history(&mut tx, &fresh).await?;
+
+    let existing = locked_current(&mut tx, &new).await?;
+    let decoded = events.len();
+    let events: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
+    let outcome = counting::apply(existing, &events);
+    upsert_current(&mut tx, &outcome.writes).await?;
+    let deltas = update_stats(&mut tx, &outcome.changes, now_at).await?;
+    record_offsets(&mut tx, topic, consumed, &now).await?;
+    tx.commit().await?;
+
+    Ok(Committed {
+        applied: new.len(),
+        // Redelivered offsets, copies within the batch, and ids already in the history.
+        duplicates: decoded - new.len(),
+        deltas,
+    })
+}
+
+/// Locks the partitions' offset rows; returns each one's next offset.
+async fn locked_offsets(
+    tx: &mut mysql_async::Transaction<'_>,
+    topic: &str,
+    partitions: impl Iterator<Item = i32>,
+) -> Result<HashMap<i32, i64>, SinkError> {
+    let partitions: Vec<Value> = partitions.map(Value::from).collect();
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT kafka_partition, next_offset FROM consumer_offsets
+         WHERE topic = ? AND kafka_partition IN ({}) FOR UPDATE",
+        placeholders(partitions.len())
+    );
+    let mut params = vec![Value::from(topic)];
+    params.extend(partitions);
+    let rows: Vec<(i32, i64)> = tx.exec(sql, Params::Positional(params)).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Appends events to the history; returns those that were not there already.
+async fn insert_history<'a>(
+    tx: &mut mysql_async::Transaction<'_>,
+    fresh: &[&'a Received],
+) -> Result<Vec<&'a Received>, SinkError> {
+    let known = known_ids(tx, fresh).await?;
+    let fresh: Vec<&Received> = fresh
+        .iter()
+        .filter(|r| !known.contains(&r.event.feedback_id.to_string()))
+        .copied()
+        .collect();
+    let mut inserted = 0;
+    for chunk in fresh.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "INSERT INTO feedback_events
+               (feedback_id, course_id, student_key, rating, comment, submitted_at, kafka_partition, kafka_offset)
+             VALUES {}
+             ON DUPLICATE KEY UPDATE feedback_id = feedback_id",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 8);
+        for r in chunk {
+            let e = &r.event;
+            params.extend([
+                Value::from(e.feedback_id.to_string()),
+                Value::from(e.course_id.as_str()),
+                Value::from(e.student_key.as_str()),
+                Value::from(e.rating.get()),
+                e.comment
+                    .as_ref()
+                    .map_or(Value::NULL, |c| Value::from(c.as_str())),
+                Value::from(datetime(e.submitted_at)),
+                Value::from(r.partition),
+                Value::from(r.offset),
+            ]);
+        }
+        tx.exec_drop(sql, Params::Positional(params)).await?;
+        inserted += tx.affected_rows() as usize;
+    }
+    if inserted == fresh.len() {
+        return Ok(fresh);
+    }
+    // Another aggregator inserted some of these ids since `known_ids` (the same
+    // event on two partitions). Ours are the rows carrying our partition and
+    // offset: the offset rows locked above keep anyone else from writing those.
+    let mut ours = HashSet::new();
+    for chunk in fresh.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "SELECT feedback_id, kafka_partition, kafka_offset FROM feedback_events WHERE feedback_id IN ({})",
+            placeholders(chunk.len())
+        );
+        let ids: Vec<Value> = chunk
+            .iter()
+            .map(|r| Value::from(r.event.feedback_id.to_string()))
+            .collect();
+        let rows: Vec<(String, i32, i64)> = tx.exec(sql, Params::Positional(ids)).await?;
+        ours.extend(rows);
+    }
+    Ok(fresh
+        .iter()
+        .filter(|r| ours.contains(&(r.event.feedback_id.to_string(), r.partition, r.offset)))
+        .copied()
+        .collect())
+}
+
+/// The ids of `fresh` already in the history (duplicates: a replayed spool,
+/// a retried produce, or a redelivery after MySQL's offsets were lost).
+async fn known_ids(
+    tx: &mut mysql_async::Transaction<'_>,
+    fresh: &[&Received],
+) -> Result<HashSet<String>, SinkError> {
+    let mut known = HashSet::new();
+    for chunk in fresh.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "SELECT feedback_id FROM feedback_events WHERE feedback_id IN ({})",
+            placeholders(chunk.len())
+        );
+        let ids: Vec<Value> = chunk
+            .iter()
+            .map(|r| Value::from(r.event.feedback_id.to_string()))
+            .collect();
+        let rows: Vec<String> = tx.exec(sql, Params::Positional(ids)).await?;
+        known.extend(rows);
+    }
+    Ok(known)
+}
+
+/// Locks and reads the current rows of the batch's (course, student) pairs.
+async fn locked_current(
+    tx: &mut mysql_async::Transaction<'_>,
+    new: &[&Received],
+) -> Result<HashMap<ResponseKey, Current>, SinkError> {
+    let keys: BTreeSet<ResponseKey> = new
+        .iter()
+        .map(|r| {
+            (
+                r.event.course_id.to_string(),
+                r.event.student_key.as_str().to_owned(),
+            )
+        })
+        .collect();
+    let keys: Vec<ResponseKey> = keys.into_iter().collect();
+    let mut current = HashMap::new();
+    for chunk in keys.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "SELECT course_id, student_key, feedback_id, rating, comment, {}
+             FROM current_responses WHERE (course_id, student_key) IN ({}) FOR UPDATE",
+            micros("submitted_at"),
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|(c, s)| [Value::from(c.as_str()), Value::from(s.as_str())])
+            .collect();
+        let rows: Vec<(String, String, String, u8, Option<String>, i64)> =
+            tx.exec(sql, Params::Positional(params)).await?;
+        for (course_id, student_key, feedback_id, rating, comment, at) in rows {
+            current.insert(
+                (course_id, student_key),
+                Current {
+                    feedback_id,
+                    rating,
+                    comment,
+                    submitted_at: from_micros(at),
+                },
+            );
+        }
+    }
+    Ok(current)
+}
+
+/// Writes the new winners.
+async fn upsert_current(
+    tx: &mut mysql_async::Transaction<'_>,
+    writes: &[(ResponseKey, Current)],
+) -> Result<(), SinkError> {
+    for chunk in writes.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "INSERT INTO current_responses (course_id, student_key, feedback_id, rating, comment, submitted_at)
+             VALUES {}
+             ON DUPLICATE KEY UPDATE feedback_id = VALUES(feedback_id), rating = VALUES(rating),
+               comment = VALUES(comment), submitted_at = VALUES(submitted_at)",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 6);
+        for ((course_id, student_key), row) in chunk {
+            params.extend([
+                Value::from(course_id.as_str()),
+                Value::from(student_key.as_str()),
+                Value::from(row.feedback_id.as_str()),
+                Value::from(row.rating),
+                row.comment.as_deref().map_or(Value::NULL, Value::from),
+                Value::from(datetime(row.submitted_at)),
+            ]);
+        }
+        tx.exec_drop(sql, Params::Positional(params)).await?;
+    }
+    Ok(())
+}
+
+/// Adds the changes to `course_stats`; returns the Redis deltas with their versions.
+async fn update_stats(
+    tx: &mut mysql_async::Transaction<'_>,
+    changes: &BTreeMap<String, counting::StatsChange>,
+    now_at: time::OffsetDateTime,
+) -> Result<Vec<Delta>, SinkError> {
+    let now = datetime(now_at);
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let courses: Vec<&String> = changes.keys().collect();
+    let mut versions: HashMap<String, i64> = HashMap::new();
+    for chunk in courses.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "SELECT course_id, version FROM course_stats WHERE course_id IN ({}) FOR UPDATE",
+            placeholders(chunk.len())
+        );
+        let params: Vec<Value> = chunk.iter().map(|c| Value::from(c.as_str())).collect();
+        let rows: Vec<(String, i64)> = tx.exec(sql, Params::Positional(params)).await?;
+        versions.extend(rows);
+    }
+    let entries: Vec<(&String, &counting::StatsChange)> = changes.iter().collect();
+    for chunk in entries.chunks(INSERT_ROWS) {
+        let sql = format!(
+            "INSERT INTO course_stats
+               (course_id, responses, rating_sum, rating_1, rating_2, rating_3, rating_4, rating_5, version, updated_at)
+             VALUES {}
+             ON DUPLICATE KEY UPDATE responses = responses + VALUES(responses),
+               rating_sum = rating_sum + VALUES(rating_sum),
+               rating_1 = rating_1 + VALUES(rating_1), rating_2 = rating_2 + VALUES(rating_2),
+               rating_3 = rating_3 + VALUES(rating_3), rating_4 = rating_4 + VALUES(rating_4),
+               rating_5 = rating_5 + VALUES(rating_5),
+               version = version + 1, updated_at = VALUES(updated_at)",
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"; chunk.len()].join(", ")
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 9);
+        for (course_id, change) in chunk {
+            params.extend([
+                Value::from(course_id.as_str()),
+                Value::from(change.responses),
+                Value::from(change.rating_sum),
+            ]);
+            params.extend(change.distribution.iter().map(|n| Value::from(*n)));
+            params.push(Value::from(now.as_str()));
+        }
+        tx.exec_drop(sql, Params::Positional(params)).await?;
+    }
+    let updated_at_micros = (now_at.unix_timestamp_nanos() / 1000) as i64;
+    Ok(changes
+        .iter()
+        .map(|(course_id, change)| {
+            let from_version = versions.get(course_id).copied().unwrap_or(0);
+            Delta {
+                course_id: course_id.clone(),
+                from_version,
+                to_version: from_version + 1,
+                responses: change.responses,
+                rating_sum: change.rating_sum,
+                distribution: change.distribution,
+                updated_at_micros,
+            }
+        })
+        .collect())
+}
+
+/// Records each partition's next offset (never moving it back).
+async fn record_offsets(
+    tx: &mut mysql_async::Transaction<'_>,
+    topic: &str,
+    consumed: &BTreeMap<i32, i64>,
+    now: &str,
+) -> Result<(), SinkError> {
+    if consumed.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO consumer_offsets (topic, kafka_partition, next_offset, updated_at) VALUES {}
+         ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, VALUES(next_offset)),
+           updated_at = VALUES(updated_at)",
+        vec!["(?, ?, ?, ?)"; consumed.len()].join(", ")
+    );
+    let mut params = Vec::with_capacity(consumed.len() * 4);
+    for (partition, last) in consumed {
+        params.extend([
+            Value::from(topic),
+            Value::from(*partition),
+            Value::from(last + 1),
+            Value::from(now),
+        ]);
+    }
+    tx.exec_drop(sql, Params::Positional(params)).await?;
+    Ok(())
+}
+
+/// The next offset MySQL holds for each partition of `topic`.
+pub async fn stored_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), pool.get_conn())
+        .await
+        .map_err(|_| SinkError::Unavailable("timed out connecting to MySQL".into()))??;
+    let rows: Vec<(i32, i64)> = conn
+        .exec(
+            "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE topic = ?",
+            (topic,),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -1,0 +1,323 @@
+//! The counting rule holds exactly against the real Kafka, MariaDB and Redis,
+//! however often events arrive.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aggregator::sink::{self, Received};
+use common::*;
+use mysql_async::prelude::Queryable;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count_exactly() {
+    let scenario = Scenario::new().await;
+    let events = random_events(1, 3000, 12, 400);
+    // Every tenth event produced a second time (a replayed spool, a retried produce).
+    let mut stream = events.clone();
+    stream.extend(events.iter().step_by(10).cloned());
+    let aggregator = scenario.spawn().await;
+    produce(&scenario.topic, &stream).await;
+
+    let want = expected(&events);
+    assert!(
+        want.values().map(|n| n.responses).sum::<i64>() < 3000,
+        "the workload has resubmissions"
+    );
+    wait_for_mysql(&scenario.mysql_url, &want, Duration::from_secs(60)).await;
+    assert_mysql_consistent(&scenario.mysql_url, &stream).await;
+    let present = wait_for_redis_to_match(&scenario, Duration::from_secs(10)).await;
+    assert_eq!(
+        present, 0,
+        "nothing read the courses, so Redis holds no hash yet"
+    );
+
+    // Once filled (as query does on a miss), deltas keep Redis exactly on MySQL.
+    assert_eq!(fill_all(&scenario).await, want.len());
+    let more = random_events(2, 500, 12, 400);
+    produce(&scenario.topic, &more).await;
+    let all: Vec<_> = events.iter().chain(&more).cloned().collect();
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(10)).await,
+        want.len()
+    );
+
+    let page = aggregator.metrics().await;
+    assert!(
+        metric(&page, "aggregator_duplicates_skipped_total") >= 300.0,
+        "duplicates counted"
+    );
+    assert!(
+        metric(&page, "aggregator_batch_size_count") > 0.0,
+        "batch sizes recorded"
+    );
+    aggregator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivery_from_offset_zero_changes_nothing() {
+    let scenario = Scenario::new().await;
+    let events = random_events(3, 1000, 5, 150);
+    let first = scenario.spawn().await;
+    produce(&scenario.topic, &events).await;
+    let want = expected(&events);
+    wait_for_mysql(&scenario.mysql_url, &want, Duration::from_secs(60)).await;
+    first.shutdown().await;
+    assert_eq!(fill_all(&scenario).await, want.len());
+    let before = mysql_stats(&scenario.mysql_url).await.unwrap();
+
+    // Forget every offset: a new aggregator reads the whole topic again.
+    let pool = scenario.mysql().await;
+    pool.get_conn()
+        .await
+        .unwrap()
+        .query_drop("DELETE FROM consumer_offsets")
+        .await
+        .unwrap();
+    let again = Scenario {
+        group: feedback_tests::unique_name("fbtest-again"),
+        ..scenario.clone()
+    };
+    let second = again.spawn().await;
+    feedback_tests::eventually(
+        Duration::from_secs(60),
+        "the topic to be read again",
+        || async {
+            let page = second.metrics().await;
+            // Metrics are process-wide; this test's own figure is what the second pass added.
+            let offsets: Option<i64> = pool
+                .get_conn()
+                .await?
+                .query_first("SELECT COALESCE(SUM(next_offset), 0) FROM consumer_offsets")
+                .await?;
+            Ok((offsets == Some(1000)
+                && metric(&page, "aggregator_duplicates_skipped_total") >= 1000.0)
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    second.shutdown().await;
+
+    let after = mysql_stats(&scenario.mysql_url).await.unwrap();
+    assert_eq!(
+        after, before,
+        "numbers and versions unchanged by the redelivery"
+    );
+    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(5)).await,
+        want.len()
+    );
+}
+
+/// A batch as Kafka would hand it over, from partition 0 at `offset`.
+fn batch(
+    events: &[shared::event::FeedbackSubmitted],
+    offset: i64,
+) -> (Vec<Received>, BTreeMap<i32, i64>) {
+    let received: Vec<Received> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| Received {
+            partition: 0,
+            offset: offset + i as i64,
+            event: event.clone(),
+        })
+        .collect();
+    let last = offset + events.len() as i64 - 1;
+    (received, BTreeMap::from([(0, last)]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_twice_is_applied_once() {
+    let scenario = Scenario::new().await;
+    shared::db::migrate(&scenario.mysql_url).await.unwrap();
+    let pool = scenario.mysql().await;
+    let events = random_events(4, 150, 3, 40);
+    let (received, consumed) = batch(&events, 0);
+
+    let first = sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(first.applied, 150);
+    assert_eq!(
+        first
+            .deltas
+            .iter()
+            .map(|d| (d.from_version, d.to_version))
+            .collect::<Vec<_>>(),
+        vec![(0, 1); 3]
+    );
+    let again = sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.applied, again.duplicates),
+        (0, 150),
+        "redelivered offsets are skipped"
+    );
+    assert!(again.deltas.is_empty(), "no delta for Redis");
+
+    // The same events at new offsets (a replayed spool): duplicates by feedback_id.
+    let (replayed, consumed) = batch(&events, 150);
+    let third = sink::commit(&pool, &scenario.topic, &replayed, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(
+        (third.applied, third.duplicates),
+        (0, 150),
+        "duplicate feedback_ids are skipped"
+    );
+
+    let want = expected(&events);
+    wait_for_mysql(&scenario.mysql_url, &want, Duration::from_secs(1)).await;
+    let versions: Vec<i64> = mysql_stats(&scenario.mysql_url)
+        .await
+        .unwrap()
+        .values()
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(
+        versions,
+        vec![1, 1, 1],
+        "one version step per course, none for the copies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
+    let scenario = Scenario::new().await;
+    shared::db::migrate(&scenario.mysql_url).await.unwrap();
+    let pool = scenario.mysql().await;
+    let events = random_events(5, 200, 4, 60);
+    let (received, consumed) = batch(&events[..100], 0);
+    sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(
+        fill_all(&scenario).await,
+        4,
+        "Redis holds version 1 of each course"
+    );
+
+    // The next batch reaches MySQL, and the process dies before Redis hears of it.
+    let (received, consumed) = batch(&events[100..], 100);
+    let lost = sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert!(lost.deltas.iter().all(|d| d.to_version == 2));
+    let mut redis = scenario.redis().await;
+    let stale = shared::cache::read(&mut redis, "CS000")
+        .await
+        .unwrap()
+        .expect("a hash");
+    assert_eq!(stale.version, 1, "Redis lags behind MySQL");
+
+    // A restarted aggregator's reconciler repairs it, with nothing new to consume.
+    // (The topic is empty: offsets were recorded on partition 0 only by the direct commits.)
+    let aggregator = scenario.spawn().await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(10)).await,
+        4
+    );
+    let repaired = shared::cache::read(&mut redis, "CS000")
+        .await
+        .unwrap()
+        .expect("a hash");
+    assert_eq!(repaired.version, 2);
+    aggregator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_partition() {
+    let scenario = Scenario::new().await;
+    let aggregator = scenario.spawn().await;
+    let good = random_events(6, 20, 1, 20); // One course: one partition, poison in the middle.
+    let key = good[0].course_id.to_string();
+    let mut bad_schema = serde_json::to_value(&good[0]).unwrap();
+    bad_schema["rating"] = serde_json::json!(9);
+    let mut bad_version = serde_json::to_value(&good[1]).unwrap();
+    bad_version["version"] = serde_json::json!(2);
+    let mut messages: Vec<(String, Vec<u8>)> = good[..10]
+        .iter()
+        .map(|e| (key.clone(), e.to_json()))
+        .collect();
+    messages.push((key.clone(), b"not json at all".to_vec()));
+    messages.push((key.clone(), serde_json::to_vec(&bad_schema).unwrap()));
+    messages.push((key.clone(), serde_json::to_vec(&bad_version).unwrap()));
+    messages.extend(good[10..].iter().map(|e| (key.clone(), e.to_json())));
+    produce_raw(&scenario.topic, &messages).await;
+
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&good),
+        Duration::from_secs(60),
+    )
+    .await;
+    let dead = feedback_tests::consume(
+        &shared::kafka::dlq_topic(&scenario.topic),
+        3,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let payloads: Vec<Vec<u8>> = dead.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        messages[10..13]
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        dead.iter().all(|m| m.key == key),
+        "the key travels with the poison"
+    );
+    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic)).await;
+    assert!(reasons[0].contains("not a JSON event"), "{reasons:?}");
+    assert!(reasons[1].contains("rating"), "{reasons:?}");
+    assert!(
+        reasons[2].contains("unknown event version 2"),
+        "{reasons:?}"
+    );
+    assert!(metric(&aggregator.metrics().await, "aggregator_dlq_total") >= 3.0);
+    aggregator.shutdown().await;
+}
+
+/// The `x-dlq-reason` header of each dead letter, in order.
+async fn dlq_reasons(topic: &str) -> Vec<String> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = shared::kafka::client_config(&feedback_tests::kafka_brokers())
+        .set("group.id", feedback_tests::unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let reason = message
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "x-dlq-reason")
+                    .and_then(|h| h.value)
+            })
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason header");
+        reasons.push(reason);
+    }
+    reasons
+}

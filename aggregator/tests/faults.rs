@@ -1,0 +1,232 @@
+//! Exactly once in effect while things fail: Redis flushed, killed and
+//! restarted; MySQL stopped for 15 s; the aggregator killed -9 again and
+//! again; one of two aggregators in a group killed. Redis and MySQL are
+//! private servers of each test (killing the shared ones would disturb the
+//! other tests), Kafka is the shared broker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use feedback_tests::{eventually, PrivateMysql, PrivateRedis};
+
+/// `events` cut into `n` slices, to produce one at a time with faults between.
+fn slices(
+    events: &[shared::event::FeedbackSubmitted],
+    n: usize,
+) -> std::slice::Chunks<'_, shared::event::FeedbackSubmitted> {
+    events.chunks(events.len().div_ceil(n))
+}
+
+/// Keeps filling every course's hash from MySQL, as query's misses do, to race with the deltas.
+fn spawn_filler(scenario: Scenario) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(2), try_fill_all(&scenario)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+async fn try_fill_all(scenario: &Scenario) -> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
+    let mut conn = pool.get_conn().await?;
+    let courses: Vec<String> = conn.query("SELECT course_id FROM course_stats").await?;
+    let scripts = shared::cache::Scripts::new();
+    let mut redis = redis::Client::open(scenario.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for course in courses {
+        let stats = shared::db::read_stats(&mut conn, &course).await?;
+        scripts.fill(&mut redis, &course, &stats, 3600).await?;
+    }
+    drop(conn);
+    pool.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_flushed_killed_and_restarted_mid_stream_never_holds_wrong_numbers() {
+    let mut redis = PrivateRedis::start().await.unwrap();
+    let mysql_url = feedback_tests::fresh_mysql_database().await.unwrap();
+    let scenario = Scenario::with(mysql_url, redis.url(0)).await;
+    let aggregator = scenario.spawn().await;
+    let filler = spawn_filler(scenario.clone());
+    let events = random_events(11, 3000, 10, 300);
+
+    for (i, slice) in slices(&events, 6).enumerate() {
+        produce(&scenario.topic, slice).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match i {
+            1 => {
+                let mut conn = scenario.redis().await;
+                redis::cmd("FLUSHALL")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            2 => redis.kill(), // Unreachable while slice 3 is consumed.
+            3 => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                redis.restart().await.unwrap(); // Back, empty.
+            }
+            _ => {}
+        }
+    }
+
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&events),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    // With the filler still racing, every hash present equals MySQL.
+    let present = wait_for_redis_to_match(&scenario, Duration::from_secs(15)).await;
+    assert!(
+        present > 0,
+        "the filler's hashes are back after the restart"
+    );
+    filler.abort();
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(5)).await,
+        present
+    );
+    let (status, body) = aggregator.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["redis"]["courses_to_repair"], 0, "{body}");
+    aggregator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_stopped_for_15_seconds_mid_stream_loses_and_skips_nothing() {
+    let mut mysql = PrivateMysql::start().await.unwrap();
+    let redis_url = feedback_tests::fresh_redis_database().await.unwrap();
+    let scenario = Scenario::with(mysql.url("feedback"), redis_url).await;
+    let aggregator = scenario.spawn().await;
+    let events = random_events(12, 2000, 8, 250);
+    produce(&scenario.topic, &events[..500]).await;
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&events[..500]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(fill_all(&scenario).await, 8);
+
+    mysql.kill();
+    produce(&scenario.topic, &events[500..1500]).await;
+    let (status, body) = eventually(
+        Duration::from_secs(10),
+        "readyz to report MySQL down",
+        || async {
+            let (status, body) = aggregator.readyz().await;
+            Ok((status == 503).then_some((status, body)))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, &body["checks"]["mysql"]["up"]),
+        (503, &serde_json::json!(false)),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    mysql.restart().await.unwrap();
+    produce(&scenario.topic, &events[1500..]).await;
+
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&events),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(10)).await,
+        8
+    );
+    let (status, _) = aggregator.readyz().await;
+    assert_eq!(status, 200);
+    aggregator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aggregator_killed_9_three_times_mid_stream_counts_everything_once() {
+    let scenario = Scenario::new().await;
+    let events = random_events(13, 4000, 10, 400);
+    let mut process = Some(scenario.spawn_process());
+    for (i, slice) in slices(&events, 4).enumerate() {
+        produce(&scenario.topic, slice).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if i < 3 {
+            if let Some(old) = process.take() {
+                old.kill9();
+            }
+            process = Some(scenario.spawn_process());
+        }
+        if i == 1 {
+            // Filled mid-way, so the killed processes' lost Redis updates must be repaired.
+            fill_all(&scenario).await;
+        }
+    }
+
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&events),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(15)).await,
+        10
+    );
+    let status = process.take().expect("the last aggregator").terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_aggregators_in_one_group_with_one_killed_count_everything_once() {
+    let scenario = Scenario::new().await;
+    let events = random_events(14, 3000, 12, 300);
+    let survivor = scenario.spawn_process();
+    let mut victim = Some(scenario.spawn_process());
+    for (i, slice) in slices(&events, 3).enumerate() {
+        produce(&scenario.topic, slice).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if i == 0 {
+            if let Some(victim) = victim.take() {
+                victim.kill9();
+            }
+        }
+    }
+
+    // The survivor takes the victim's partitions once its session times out.
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&events),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    // Redis follows the survivor's deltas too.
+    fill_all(&scenario).await;
+    let more = random_events(15, 300, 12, 300);
+    produce(&scenario.topic, &more).await;
+    let all: Vec<_> = events.iter().chain(&more).cloned().collect();
+    wait_for_mysql(
+        &scenario.mysql_url,
+        &expected(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        wait_for_redis_to_match(&scenario, Duration::from_secs(30)).await,
+        12
+    );
+    let status = survivor.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+}
