@@ -1,57 +1,249 @@
-//! Serves per-course statistics to admins from Redis, falling back to MySQL.
+//! Query: serves course statistics, comments, trends and CSV to admins, from
+//! Redis when it can and MySQL when it must.
 //!
-//! This is the service's skeleton: health, readiness and metrics routes and
-//! graceful shutdown. Its pipeline work is built on top of it.
+//! Layout, following one request:
+//!
+//! - `lib.rs` (here): the router, its layers (request id, trace span, metrics
+//!   by matched route), `/readyz`, start-up and graceful shutdown.
+//! - `params.rs`: path and query parameters into the contract's 400/422.
+//!   Every `/v1` route takes the admin's JWT (`shared::auth::Admin`) first.
+//! - `stats.rs` → `cache.rs` → `redis_guard.rs`: stats from the Redis hash
+//!   `feedback:course:{course_id}` (one HMGET); on a miss from MySQL's
+//!   `course_stats`, filling Redis with the version-guarded fill and a
+//!   jittered TTL; concurrent misses share one MySQL read.
+//! - `comments.rs` (keyset pages of `current_responses`), `export.rs` (the same
+//!   as streamed CSV), `trend.rs` (per day or week), `courses.rs` (most responses first).
+//! - `warm.rs`: the pre-warm at start and `query rebuild-cache`.
+//! - `admin.html`: the dashboard at `/admin`, self-contained.
+//!
+//! Failure modes:
+//!
+//! - Redis down or slow: calls time out after 250 ms, three failures open a
+//!   circuit breaker, and stats come from MySQL (`source: database`, the right
+//!   numbers) without waiting on Redis; one request probes after a cool-down
+//!   and closes the breaker when Redis answers. `/readyz` stays 200 and says so.
+//! - MySQL down: cached stats are still served; everything else answers 503
+//!   with `Retry-After`, and `/readyz` is 503. Query starts without MySQL and
+//!   runs its migrations and pre-warm once MySQL answers.
+//! - A read replica (`FEEDBACK_MYSQL_READ_URL`) that lags may fill Redis with
+//!   a slightly older version; the aggregator's next delta for that course
+//!   finds the gap and deletes the hash, so it heals on the next change.
+
+pub mod cache;
+pub mod comments;
+pub mod config;
+pub mod courses;
+pub mod db;
+pub mod export;
+pub mod params;
+pub mod redis_guard;
+pub mod stats;
+pub mod time_fmt;
+pub mod trend;
+pub mod warm;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::{FromRef, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use shared::auth::JwtKeys;
+use shared::breaker::State as BreakerState;
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
-/// Settings from the environment (the contract's table).
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `FEEDBACK_QUERY_ADDR`
-    pub addr: String,
+use cache::{Stats, Ttl};
+pub use config::Config;
+use db::Db;
+use redis_guard::GuardedRedis;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Arc<JwtKeys>,
+    /// Stats: Redis first, MySQL behind it.
+    pub stats: Arc<Stats>,
+    /// The read pool (a replica when configured).
+    pub db: Db,
+    /// Set once the migrations ran: until then MySQL cannot answer queries.
+    pub migrated: Arc<AtomicBool>,
 }
 
-impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            addr: shared::config::var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
-        })
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
     }
 }
 
-/// A built service: its listener is bound, so `port` is known before it runs.
+/// A built query service: listener bound, pools created (nothing connected yet).
 pub struct Application {
     listener: TcpListener,
+    state: AppState,
+    config: Config,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
+        let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?);
+        let db = Db::new(config.read_url(), config.mysql_timeout)?;
+        let redis = Arc::new(GuardedRedis::connect(
+            &config.redis_url,
+            config.redis_timeout,
+        )?);
+        let stats = Arc::new(Stats::new(redis, db.clone(), Ttl(config.cache_ttl_secs)));
+        let state = AppState {
+            keys,
+            stats,
+            db,
+            migrated: Arc::new(AtomicBool::new(false)),
+        };
         let listener = shared::http::bind(&config.addr).await?;
-        Ok(Self { listener })
+        Ok(Self {
+            listener,
+            state,
+            config,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `shutdown` completes.
+    /// The shared state (tests read the stats counters from it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.listener.local_addr()?, "query listening");
-        let app = Router::new().merge(shared::http::health_routes()).route(
-            "/readyz",
-            get(|| async { shared::http::readiness(true, serde_json::json!({})) }),
-        );
-        shared::http::serve(self.listener, app, shutdown).await?;
+        let Self {
+            listener,
+            state,
+            config,
+        } = self;
+        tracing::info!(addr = %listener.local_addr()?, "query listening");
+        let start_up = tokio::spawn(prepare(state.clone(), config));
+        let result = shared::http::serve(listener, router(state.clone()), shutdown).await;
+        start_up.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.db.pool().clone().disconnect())
+            .await;
         tracing::info!("query stopped");
-        Ok(())
+        Ok(result?)
     }
+}
+
+/// In the background: the migrations (retried until MySQL answers), then the pre-warm.
+async fn prepare(state: AppState, config: Config) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            shared::db::migrate(&config.mysql_url),
+        )
+        .await
+        {
+            Ok(Ok(())) => break,
+            Ok(Err(err)) => {
+                tracing::warn!(err = format!("{err:#}"), "migrations not run yet; retrying")
+            }
+            Err(_) => tracing::warn!("migrations timed out; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    state.migrated.store(true, Ordering::Release);
+    match warm::prewarm(&state.stats, &state.db, config.prewarm_courses).await {
+        Ok(written) => tracing::info!(written, "pre-warm done"),
+        Err(err) => tracing::warn!(%err, "pre-warm skipped"),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let not_allowed = shared::http::method_not_allowed;
+    Router::new()
+        .route("/v1/courses", get(courses::list).fallback(not_allowed))
+        .route(
+            "/v1/courses/{course_id}/stats",
+            get(stats::stats).fallback(not_allowed),
+        )
+        .route(
+            "/v1/courses/{course_id}/feedback",
+            get(comments::list).fallback(not_allowed),
+        )
+        .route(
+            "/v1/courses/{course_id}/feedback.csv",
+            get(export::csv).fallback(not_allowed),
+        )
+        .route(
+            "/v1/courses/{course_id}/trend",
+            get(trend::trend).fallback(not_allowed),
+        )
+        .route("/admin", get(admin))
+        .route("/readyz", get(readyz))
+        .merge(shared::http::health_routes())
+        .layer(axum::middleware::from_fn(shared::http::track_metrics))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Each request's span, named by method and path, carrying the request id.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+/// The dashboard may run its own inline script and styles and call this
+/// origin, nothing else: no outside resources even if a comment smuggled markup in.
+const ADMIN_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+    connect-src 'self'; img-src data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The admin dashboard: one self-contained page (its API calls carry the token).
+async fn admin() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, ADMIN_CSP),
+        ],
+        Html(include_str!("admin.html")),
+    )
+}
+
+/// 200 while query can answer correctly (MySQL up); Redis being down is a
+/// degradation reported in the body, not unreadiness.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let migrated = state.migrated.load(Ordering::Acquire);
+    let mysql_up = migrated && state.db.ping().await;
+    let guard = &state.stats.redis;
+    // A PING through the breaker: it also lets the breaker notice Redis coming back.
+    let ping = guard
+        .call(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+        .await;
+    let breaker = guard.state();
+    shared::http::readiness(
+        mysql_up,
+        serde_json::json!({
+            "mysql": { "up": mysql_up, "migrated": migrated },
+            "redis": {
+                "up": ping.is_ok() && breaker == BreakerState::Closed,
+                "breaker": breaker.as_str(),
+            },
+        }),
+    )
 }

@@ -1,0 +1,243 @@
+//! Course statistics: Redis first, MySQL behind it (cache-aside).
+//!
+//! - Hit: one HMGET of `feedback:course:{course_id}` answers (`source: cache`).
+//! - Miss: MySQL's `course_stats` row answers (`source: database`) and fills
+//!   the hash with `shared::cache::Scripts::fill`, which is version-guarded and
+//!   refuses a fill below a delta's floor, so a fill racing with the
+//!   aggregator can never leave older numbers behind. The TTL is jittered so
+//!   courses filled together do not expire together.
+//! - Redis unavailable (breaker open, error, timeout): MySQL answers, counted as
+//!   a fallback; numbers stay right (Invariant 3).
+//! - Concurrent misses for one course share one MySQL read (single flight).
+//! - MySQL unavailable on a miss: 503.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use metrics::Counter;
+use shared::cache::Scripts;
+use shared::db::StatsRow;
+use shared::domain::CourseId;
+
+use crate::db::{Db, Unavailable};
+use crate::redis_guard::GuardedRedis;
+
+/// Which store answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Database,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Database => "database",
+        }
+    }
+}
+
+/// The TTL of filled hashes: a base in seconds, each fill drawing ±10 % around it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl(pub u64);
+
+impl Ttl {
+    /// A TTL for one fill (0 means no expiry).
+    pub fn pick(self) -> u64 {
+        let spread = self.0 / 10;
+        if spread == 0 {
+            return self.0;
+        }
+        rand::random_range(self.0 - spread..=self.0 + spread)
+    }
+}
+
+/// One count, kept both as a Prometheus counter and as a number this
+/// instance's tests can read exactly (the recorder is global to a process).
+struct Tally {
+    metric: Counter,
+    local: AtomicU64,
+}
+
+impl Tally {
+    fn new(name: &'static str) -> Self {
+        Self {
+            metric: metrics::counter!(name),
+            local: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self) {
+        self.metric.increment(1);
+        self.local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+/// What the read path did, since start.
+pub struct Counters {
+    hits: Tally,
+    misses: Tally,
+    fallbacks: Tally,
+    loads: Tally,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub hits: u64,
+    pub misses: u64,
+    /// Answered from MySQL because Redis was unavailable.
+    pub fallbacks: u64,
+    /// MySQL reads of a course's stats.
+    pub mysql_loads: u64,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            hits: Tally::new("query_cache_hits_total"),
+            misses: Tally::new("query_cache_misses_total"),
+            fallbacks: Tally::new("query_cache_fallbacks_total"),
+            loads: Tally::new("query_mysql_loads_total"),
+        }
+    }
+}
+
+/// A MySQL read in flight, awaited by every request that missed meanwhile.
+type Load = Shared<BoxFuture<'static, Result<StatsRow, Unavailable>>>;
+
+pub struct Stats {
+    pub redis: Arc<GuardedRedis>,
+    scripts: Scripts,
+    db: Db,
+    ttl: Ttl,
+    /// Loads in flight per course (single flight).
+    inflight: Mutex<HashMap<String, Load>>,
+    counters: Counters,
+}
+
+impl Stats {
+    pub fn new(redis: Arc<GuardedRedis>, db: Db, ttl: Ttl) -> Self {
+        Self {
+            redis,
+            scripts: Scripts::new(),
+            db,
+            ttl,
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::new(),
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            hits: self.counters.hits.get(),
+            misses: self.counters.misses.get(),
+            fallbacks: self.counters.fallbacks.get(),
+            mysql_loads: self.counters.loads.get(),
+        }
+    }
+
+    /// A course's numbers and which store gave them.
+    pub async fn get(
+        self: &Arc<Self>,
+        course: &CourseId,
+    ) -> Result<(StatsRow, Source), Unavailable> {
+        let id = course.as_str();
+        let cached = self
+            .redis
+            .call(|mut conn| async move { shared::cache::read(&mut conn, id).await })
+            .await;
+        match cached {
+            Ok(Some(row)) => {
+                self.counters.hits.add();
+                return Ok((row, Source::Cache));
+            }
+            Ok(None) => self.counters.misses.add(),
+            Err(_) => self.counters.fallbacks.add(),
+        }
+        let row = self.load(id).await?;
+        Ok((row, Source::Database))
+    }
+
+    /// Joins the load in flight for `course`, or starts one. The load runs in
+    /// its own task, so a client hanging up does not cancel it for the others.
+    fn load(self: &Arc<Self>, course: &str) -> Load {
+        let mut inflight = self.lock_inflight();
+        if let Some(load) = inflight.get(course) {
+            return load.clone();
+        }
+        let this = self.clone();
+        let id = course.to_owned();
+        let task = tokio::spawn(async move {
+            let result = this.load_and_fill(&id).await;
+            this.lock_inflight().remove(&id);
+            result
+        });
+        let load = async move {
+            task.await
+                .unwrap_or_else(|err| Err(Unavailable(format!("load task failed: {err}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(course.to_owned(), load.clone());
+        load
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Load>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads MySQL, then fills Redis (when it is reachable) with what it read.
+    async fn load_and_fill(&self, course: &str) -> Result<StatsRow, Unavailable> {
+        self.counters.loads.add();
+        let row = self
+            .db
+            .within(async {
+                let mut conn = self.db.conn().await?;
+                shared::db::read_stats(&mut conn, course).await
+            })
+            .await?;
+        self.fill(course, &row).await;
+        Ok(row)
+    }
+
+    /// Writes `row` to Redis unless the hash is as new or a delta's floor is
+    /// above it. Returns whether it wrote.
+    pub async fn fill(&self, course: &str, row: &StatsRow) -> bool {
+        let ttl = self.ttl.pick();
+        let scripts = &self.scripts;
+        let written = self
+            .redis
+            .call(|mut conn| async move { scripts.fill(&mut conn, course, row, ttl).await })
+            .await;
+        let outcome = match written {
+            Ok(true) => "written",
+            Ok(false) => "refused",
+            Err(_) => "unreachable",
+        };
+        metrics::counter!("query_cache_fills_total", "outcome" => outcome).increment(1);
+        written == Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_jittered_within_ten_percent() {
+        let ttl = Ttl(86_400);
+        let picks: Vec<u64> = (0..200).map(|_| ttl.pick()).collect();
+        assert!(picks.iter().all(|t| (77_760..=95_040).contains(t)));
+        assert!(picks.iter().any(|t| *t != picks[0]), "not all the same");
+        assert_eq!(Ttl(0).pick(), 0, "0 keeps meaning no expiry");
+        assert_eq!(Ttl(5).pick(), 5);
+    }
+}

@@ -1,0 +1,182 @@
+//! `GET /v1/courses/{course_id}/feedback?limit=&cursor=`: a course's current
+//! responses, newest first, in pages.
+//!
+//! Keyset pagination on `(submitted_at, feedback_id)`, the order of the index
+//! `idx_current_course_submitted (course_id, submitted_at, feedback_id)`, so
+//! each page is a backward range scan of that index from the cursor: no
+//! OFFSET, no sort, and a page costs the same at row 10 or row 10 million.
+//! The row comparison is written out (`a < x OR (a = x AND b < y)`) because
+//! MariaDB and MySQL both turn that form into an index range.
+//!
+//! The cursor is opaque to clients: base64url of `{submitted_at µs}:{feedback_id}`
+//! of the last row shown. No student identifier appears in any answer.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use mysql_async::prelude::Queryable;
+use serde::Serialize;
+use shared::auth::Admin;
+use shared::http::ApiError;
+
+use crate::params::{self, Params};
+use crate::{time_fmt, AppState};
+
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// Where a page starts: just after (older than) this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub submitted_at_micros: i64,
+    pub feedback_id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.submitted_at_micros, self.feedback_id))
+    }
+
+    pub fn decode(raw: &str) -> Result<Self, ApiError> {
+        let invalid = || {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this service issued")
+                .with_field("cursor")
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
+        let submitted_at_micros = micros.parse().map_err(|_| invalid())?;
+        let id_ok = id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_ok {
+            return Err(invalid());
+        }
+        Ok(Self {
+            submitted_at_micros,
+            feedback_id: id.to_owned(),
+        })
+    }
+}
+
+/// One current response as admins see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub feedback_id: String,
+    pub rating: u8,
+    pub comment: Option<String>,
+    pub submitted_at: String,
+    #[serde(skip)]
+    pub submitted_at_micros: i64,
+}
+
+impl Item {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            submitted_at_micros: self.submitted_at_micros,
+            feedback_id: self.feedback_id.clone(),
+        }
+    }
+}
+
+/// Up to `limit` current responses of `course_id` older than `after`, newest first.
+pub async fn page<Q: Queryable>(
+    conn: &mut Q,
+    course_id: &str,
+    after: Option<&Cursor>,
+    limit: u32,
+) -> mysql_async::Result<Vec<Item>> {
+    let select = format!(
+        "SELECT feedback_id, rating, comment, {} FROM current_responses WHERE course_id = ?",
+        shared::db::micros("submitted_at")
+    );
+    let order = "ORDER BY submitted_at DESC, feedback_id DESC LIMIT ?";
+    let rows: Vec<(String, u8, Option<String>, i64)> = match after {
+        None => {
+            conn.exec(format!("{select} {order}"), (course_id, limit))
+                .await?
+        }
+        Some(cursor) => {
+            let at = shared::db::datetime(shared::db::from_micros(cursor.submitted_at_micros));
+            let sql = format!(
+                "{select} AND (submitted_at < ? OR (submitted_at = ? AND feedback_id < ?)) {order}"
+            );
+            conn.exec(sql, (course_id, &at, &at, &cursor.feedback_id, limit))
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(feedback_id, rating, comment, micros)| Item {
+            feedback_id,
+            rating,
+            comment,
+            submitted_at: time_fmt::rfc3339(micros),
+            submitted_at_micros: micros,
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct PageBody {
+    pub items: Vec<Item>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<PageBody>, ApiError> {
+    let course = params::course_id(path)?;
+    let params = Params::parse(query)?;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = params.get("cursor").map(Cursor::decode).transpose()?;
+    let db = &state.db;
+    // One row beyond the page says whether another page follows.
+    let mut items = db
+        .within(async {
+            let mut conn = db.conn().await?;
+            Ok(page(&mut conn, course.as_str(), after.as_ref(), limit + 1).await?)
+        })
+        .await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| last.cursor().encode())
+    } else {
+        None
+    };
+    Ok(Json(PageBody { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_400_on_the_cursor_field() {
+        let cursor = Cursor {
+            submitted_at_micros: 1_793_527_200_123_456,
+            feedback_id: "01JC0000000000000000000000".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        let forged = |text: &str| URL_SAFE_NO_PAD.encode(text);
+        for bad in [
+            "".to_owned(),
+            "!!!".to_owned(),
+            forged("no-colon"),
+            forged("12:short"),
+            forged("x:01JC0000000000000000000000"),
+            forged("1:01JC00000000000000000000'; --"),
+            URL_SAFE_NO_PAD.encode([0xff, 0xfe, b':']),
+        ] {
+            let err = Cursor::decode(&bad).unwrap_err();
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(err.field, Some("cursor"));
+        }
+    }
+}

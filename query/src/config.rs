@@ -1,0 +1,52 @@
+//! Query's settings, from the environment (the contract's table, plus a few
+//! of query's own with defaults).
+
+use std::time::Duration;
+
+use shared::config::{parse_or, var, var_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `FEEDBACK_QUERY_ADDR`
+    pub addr: String,
+    /// `FEEDBACK_REDIS_URL`
+    pub redis_url: String,
+    /// `FEEDBACK_MYSQL_URL`: migrations and `rebuild-cache` use the primary.
+    pub mysql_url: String,
+    /// `FEEDBACK_MYSQL_READ_URL`: a replica for the request path; `None` reads the primary.
+    pub mysql_read_url: Option<String>,
+    /// `FEEDBACK_JWT_SECRET`
+    pub jwt_secret: String,
+    /// `FEEDBACK_CACHE_TTL_SECS` (default 86400): the TTL of filled hashes, jittered ±10 %.
+    pub cache_ttl_secs: u64,
+    /// `FEEDBACK_PREWARM_COURSES` (default 100): the most active courses loaded at start.
+    pub prewarm_courses: u32,
+    /// `FEEDBACK_QUERY_REDIS_TIMEOUT_MS` (default 250): one Redis call's budget.
+    pub redis_timeout: Duration,
+    /// `FEEDBACK_QUERY_MYSQL_TIMEOUT_MS` (default 3000): one MySQL read's budget.
+    pub mysql_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
+            redis_url: shared::config::redis_url(),
+            mysql_url: shared::config::mysql_url(),
+            mysql_read_url: var("FEEDBACK_MYSQL_READ_URL"),
+            jwt_secret: shared::config::jwt_secret()?,
+            cache_ttl_secs: parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?,
+            prewarm_courses: parse_or("FEEDBACK_PREWARM_COURSES", 100)?,
+            redis_timeout: Duration::from_millis(parse_or("FEEDBACK_QUERY_REDIS_TIMEOUT_MS", 250)?),
+            mysql_timeout: Duration::from_millis(parse_or(
+                "FEEDBACK_QUERY_MYSQL_TIMEOUT_MS",
+                3000,
+            )?),
+        })
+    }
+
+    /// The URL the request path reads from.
+    pub fn read_url(&self) -> &str {
+        self.mysql_read_url.as_deref().unwrap_or(&self.mysql_url)
+    }
+}

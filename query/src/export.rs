@@ -1,0 +1,184 @@
+//! `GET /v1/courses/{course_id}/feedback.csv`: every current response of a
+//! course as CSV, streamed page by page, so memory stays flat however large
+//! the course is.
+//!
+//! - UTF-8 with a BOM (Excel then shows Chinese correctly), CRLF line ends,
+//!   RFC 4180 quoting (commas, quotes and line breaks inside comments survive).
+//! - Header `feedback_id,rating,comment,submitted_at`; no student identifier.
+//! - One read-only transaction with a consistent snapshot: a student who
+//!   resubmits during the download cannot appear twice or vanish.
+//! - A comment starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`,
+//!   so a spreadsheet shows it as text instead of running it as a formula
+//!   (comments are untrusted student input).
+//! - The status is decided by the first page: MySQL down is a 503 with the
+//!   contract's body; a failure later cuts the stream, so the client sees an
+//!   incomplete download rather than a silently short file.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use mysql_async::TxOpts;
+use shared::auth::Admin;
+use shared::http::ApiError;
+use tokio::sync::mpsc;
+
+use crate::comments::{page, Cursor, Item};
+use crate::db::{Db, Unavailable};
+use crate::{params, AppState};
+
+/// Rows per database page and per streamed chunk.
+const PAGE_ROWS: u32 = 500;
+/// A client that stops reading for this long is dropped (it holds a MySQL connection).
+const STALLED_CLIENT: Duration = Duration::from_secs(60);
+/// Excel's cue that the file is UTF-8.
+const BOM: &str = "\u{FEFF}";
+pub const HEADER: [&str; 4] = ["feedback_id", "rating", "comment", "submitted_at"];
+
+type Chunk = Result<Bytes, Unavailable>;
+
+pub async fn csv(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let course = params::course_id(path)?;
+    let (tx, mut rx) = mpsc::channel::<Chunk>(4);
+    tokio::spawn(produce(state.db.clone(), course.to_string(), tx));
+    let first = match rx.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(err)) => return Err(err.into()),
+        None => return Err(Unavailable("the export ended before its first page".into()).into()),
+    };
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((chunk.map_err(std::io::Error::other), rx))
+    });
+    let body = futures::stream::once(async { Ok(first) }).chain(rest);
+    let disposition = format!("attachment; filename=\"{course}-feedback.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Reads the course page by page in one snapshot and sends each page as CSV.
+async fn produce(db: Db, course: String, tx: mpsc::Sender<Chunk>) {
+    if let Err(err) = produce_pages(&db, &course, &tx).await {
+        tracing::warn!(%err, course, "CSV export failed");
+        let _ = tx.send(Err(err)).await;
+    }
+}
+
+async fn produce_pages(db: &Db, course: &str, tx: &mpsc::Sender<Chunk>) -> Result<(), Unavailable> {
+    let mut snapshot = db
+        .within(async {
+            let mut opts = TxOpts::default();
+            opts.with_consistent_snapshot(true).with_readonly(true);
+            Ok(db.pool().start_transaction(opts).await?)
+        })
+        .await?;
+    let mut after: Option<Cursor> = None;
+    let mut first = true;
+    loop {
+        let rows = db
+            .within(async { Ok(page(&mut snapshot, course, after.as_ref(), PAGE_ROWS).await?) })
+            .await?;
+        let chunk = encode(first, &rows).map_err(|e| Unavailable(format!("encoding CSV: {e}")))?;
+        first = false;
+        if tx.send_timeout(Ok(chunk), STALLED_CLIENT).await.is_err() {
+            // The client left or stalled: dropping the snapshot rolls it back.
+            return Ok(());
+        }
+        if rows.len() < PAGE_ROWS as usize {
+            break;
+        }
+        after = rows.last().map(Item::cursor);
+    }
+    let _ = snapshot.commit().await;
+    Ok(())
+}
+
+/// `rows` as CSV; the first chunk starts with the BOM and the header row.
+pub fn encode(first: bool, rows: &[Item]) -> csv::Result<Bytes> {
+    let mut out = Vec::with_capacity(64 + rows.len() * 96);
+    if first {
+        out.extend_from_slice(BOM.as_bytes());
+    }
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(out);
+    if first {
+        writer.write_record(HEADER)?;
+    }
+    for row in rows {
+        let comment = row.comment.as_deref().map(defuse).unwrap_or_default();
+        writer.write_record([
+            row.feedback_id.as_str(),
+            &row.rating.to_string(),
+            &comment,
+            &row.submitted_at,
+        ])?;
+    }
+    let out = writer.into_inner().map_err(|e| e.into_error())?;
+    Ok(Bytes::from(out))
+}
+
+/// Keeps a spreadsheet from reading a comment as a formula.
+fn defuse(comment: &str) -> Cow<'_, str> {
+    if comment.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{comment}"))
+    } else {
+        Cow::Borrowed(comment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, rating: u8, comment: Option<&str>) -> Item {
+        Item {
+            feedback_id: id.into(),
+            rating,
+            comment: comment.map(Into::into),
+            submitted_at: "2026-11-01T10:00:00Z".into(),
+            submitted_at_micros: 0,
+        }
+    }
+
+    #[test]
+    fn the_first_chunk_has_the_bom_and_header_and_fields_are_quoted_per_rfc_4180() {
+        let rows = [
+            item("A1", 5, Some("好课, 讲得\"很\"清楚\n第二行")),
+            item("A2", 3, None),
+        ];
+        let text = String::from_utf8(encode(true, &rows).unwrap().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "\u{FEFF}feedback_id,rating,comment,submitted_at\r\n\
+             A1,5,\"好课, 讲得\"\"很\"\"清楚\n第二行\",2026-11-01T10:00:00Z\r\n\
+             A2,3,,2026-11-01T10:00:00Z\r\n"
+        );
+        let next = String::from_utf8(encode(false, &rows[1..]).unwrap().to_vec()).unwrap();
+        assert_eq!(next, "A2,3,,2026-11-01T10:00:00Z\r\n");
+    }
+
+    #[test]
+    fn comments_that_look_like_formulas_are_defused() {
+        assert_eq!(defuse("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(defuse("+1"), "'+1");
+        assert_eq!(defuse("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(defuse("很好 = good"), "很好 = good");
+    }
+}

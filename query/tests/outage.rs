@@ -1,0 +1,133 @@
+//! Outages: Redis killed (a private redis-server, never the shared one) and
+//! MySQL unreachable. Numbers are never wrong; what cannot be answered is a
+//! 503 in the contract's format.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, error_of, expected, figures, fresh_stores, TestQuery};
+use feedback_tests::{eventually, PrivateRedis};
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::cache::Scripts;
+
+async fn readyz(query: &TestQuery) -> (StatusCode, Value) {
+    let response = query.get_as("/readyz", None).await;
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_killed_stats_come_from_mysql_and_the_cache_is_used_again_once_it_is_back() {
+    let mut private = PrivateRedis::start().await.expect("a private redis-server");
+    let (mysql_url, _) = fresh_stores().await;
+    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let before = query.seed().stats("OUT1", [0, 1, 1, 1, 1], 4).await;
+    assert_eq!(query.stats_of("OUT1").await["source"], "database");
+    assert_eq!(query.stats_of("OUT1").await["source"], "cache");
+
+    private.kill();
+    for _ in 0..5 {
+        let stats = query.stats_of("OUT1").await;
+        assert_eq!(stats["source"], "database");
+        assert_eq!(figures(&stats), expected(&before));
+    }
+    let (status, body) = readyz(&query).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["redis"]["up"], false);
+    assert_ne!(body["checks"]["redis"]["breaker"], "closed", "{body}");
+    assert_eq!(body["checks"]["mysql"]["up"], true);
+
+    // The breaker is open: requests go straight to MySQL, none waits on Redis.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(query.stats_of("OUT1").await["source"], "database");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?} for 20 requests",
+        started.elapsed()
+    );
+    assert!(query.stats.counts().fallbacks >= 20);
+
+    // MySQL moves on while Redis is down (the aggregator keeps committing): still right.
+    let after = query.seed().stats("OUT1", [0, 1, 1, 1, 5], 8).await;
+    let stats = query.stats_of("OUT1").await;
+    assert_eq!(
+        (stats["source"].as_str(), figures(&stats)),
+        (Some("database"), expected(&after))
+    );
+
+    // Redis comes back empty: a probe closes the breaker, a miss refills, hits follow.
+    private.restart().await.unwrap();
+    let stats = eventually(Duration::from_secs(20), "the cache to answer again", || {
+        let query = &query;
+        async move {
+            let stats = query.stats_of("OUT1").await;
+            Ok((stats["source"] == "cache").then_some(stats))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(figures(&stats), expected(&after));
+    let (status, body) = readyz(&query).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["checks"]["redis"],
+        serde_json::json!({"up": true, "breaker": "closed"})
+    );
+    query.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_mysql_unreachable_cached_stats_are_served_and_the_rest_is_503_with_retry_after() {
+    let (_, redis_url) = fresh_stores().await;
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let row = shared::db::StatsRow {
+        responses: 3,
+        rating_sum: 12,
+        distribution: [0, 0, 0, 3, 0],
+        version: 3,
+        updated_at_micros: 1_793_527_200_000_000,
+    };
+    Scripts::new()
+        .fill(&mut redis, "CACHED", &row, 600)
+        .await
+        .unwrap();
+    // Nothing listens on port 1: MySQL is "down" for this instance only.
+    let mut settings = config("mysql://root@127.0.0.1:1/feedback", &redis_url);
+    settings.mysql_timeout = Duration::from_secs(1);
+    let query = TestQuery::spawn_with(settings).await;
+
+    let stats = query.stats_of("CACHED").await;
+    assert_eq!(
+        (stats["source"].as_str(), figures(&stats)),
+        (Some("cache"), (3, 12, [0, 0, 0, 3, 0]))
+    );
+
+    for path in [
+        "/v1/courses/UNCACHED/stats",
+        "/v1/courses/CACHED/feedback",
+        "/v1/courses/CACHED/feedback.csv",
+        "/v1/courses/CACHED/trend",
+        "/v1/courses",
+    ] {
+        let response = query.get(path).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(response.headers()["retry-after"], "5", "{path}");
+        assert_eq!(error_of(response).await["code"], "unavailable", "{path}");
+    }
+    let (status, body) = readyz(&query).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["checks"]["mysql"]["up"], false);
+    assert_eq!(body["checks"]["redis"]["up"], true);
+    assert_eq!(
+        query.get_as("/healthz", None).await.status(),
+        StatusCode::OK
+    );
+    query.shutdown().await;
+}
