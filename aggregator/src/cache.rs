@@ -56,6 +56,12 @@ impl CacheWriter {
         if deltas.is_empty() {
             return;
         }
+        if !self.is_up() {
+            // Known down: don't make every batch wait out a timeout. The
+            // reconcile loop probes and repairs these courses once Redis answers.
+            self.remember(deltas);
+            return;
+        }
         let mut conn = self.redis.clone();
         match self.scripts.apply(&mut conn, deltas).await {
             Ok(results) => {
@@ -72,10 +78,15 @@ impl CacheWriter {
             Err(err) => {
                 self.mark(false);
                 tracing::warn!(%err, courses = deltas.len(), "Redis update failed: courses marked for repair");
-                if let Ok(mut dirty) = self.dirty.lock() {
-                    dirty.extend(deltas.iter().map(|d| d.course_id.clone()));
-                }
+                self.remember(deltas);
             }
+        }
+    }
+
+    /// Remembers the courses of deltas that did not reach Redis.
+    fn remember(&self, deltas: &[Delta]) {
+        if let Ok(mut dirty) = self.dirty.lock() {
+            dirty.extend(deltas.iter().map(|d| d.course_id.clone()));
         }
     }
 
