@@ -108,6 +108,9 @@ impl Store {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let db = sled::Config::new()
             .path(dir)
+            // sled caches 1 GiB by default; the spool is written and read
+            // once, in order, so a small cache keeps ingest's memory flat.
+            .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(200))
             .open()
             .with_context(|| {
