@@ -11,7 +11,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The stack listens on fixed ports, so it is the machine's, not the checkout's:
+# a pointer file says which checkout's var/infra the running stack lives in, so
+# `stop|start|kill` from a second checkout (a fresh clone running the tests)
+# restarts the same broker on the same data instead of formatting a new one.
+POINTER=/tmp/feedback-infra-9092.state
 STATE=${FEEDBACK_INFRA_DIR:-$ROOT/var/infra}
+if [[ -z ${FEEDBACK_INFRA_DIR:-} && -s $POINTER ]] && [[ -d $(cat "$POINTER") ]] &&
+  ss -Hltn 'sport = :9092 or sport = :6379 or sport = :3306' 2>/dev/null | grep -q .; then
+  STATE=$(cat "$POINTER")
+fi
 KAFKA_VERSION=4.1.1
 KAFKA_CACHE=${FEEDBACK_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/feedback/kafka-$KAFKA_VERSION}
 KAFKA_PORT=9092
@@ -226,6 +235,9 @@ status_all() {
 
 # ------------------------------------------------------------------ main ----
 check_name() { case ${1:-} in kafka | redis | mysql) ;; *) die "usage: $0 $2 kafka|redis|mysql" ;; esac; }
+
+# Whoever starts a service records where the stack's data is.
+case ${1:-} in up | start) mkdir -p "$STATE" && echo "$STATE" >"$POINTER" ;; esac
 
 case ${1:-} in
   up)
