@@ -90,7 +90,7 @@ pub async fn commit(
         .filter(|r| r.offset >= next.get(&r.partition).copied().unwrap_or(0))
         .filter(|r| seen.insert(r.event.feedback_id))
         .collect();
-    let new = insert_history(&mut tx, &fresh).await?;
+    let new = insert_history(&mut tx, &fresh, now_at).await?;
 
     let existing = locked_current(&mut tx, &new).await?;
     let decoded = events.len();
@@ -130,27 +130,25 @@ async fn locked_offsets(
     Ok(rows.into_iter().collect())
 }
 
-/// Appends events to the history; returns those that were not there already.
+/// Appends events to the history, stamped with the batch's time `now_at`;
+/// returns those that were not there already.
 async fn insert_history<'a>(
     tx: &mut mysql_async::Transaction<'_>,
     fresh: &[&'a Received],
+    now_at: time::OffsetDateTime,
 ) -> Result<Vec<&'a Received>, SinkError> {
-    let known = known_ids(tx, fresh).await?;
-    let fresh: Vec<&Received> = fresh
-        .iter()
-        .filter(|r| !known.contains(&r.event.feedback_id.to_string()))
-        .copied()
-        .collect();
+    let now = datetime(now_at);
     let mut inserted = 0;
     for chunk in fresh.chunks(INSERT_ROWS) {
         let sql = format!(
             "INSERT INTO feedback_events
-               (feedback_id, course_id, student_key, rating, comment, submitted_at, kafka_partition, kafka_offset)
+               (feedback_id, course_id, student_key, rating, comment, submitted_at, kafka_partition, kafka_offset,
+                received_at)
              VALUES {}
              ON DUPLICATE KEY UPDATE feedback_id = feedback_id",
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
-        let mut params = Vec::with_capacity(chunk.len() * 8);
+        let mut params = Vec::with_capacity(chunk.len() * 9);
         for r in chunk {
             let e = &r.event;
             params.extend([
@@ -164,28 +162,35 @@ async fn insert_history<'a>(
                 Value::from(datetime(e.submitted_at)),
                 Value::from(r.partition),
                 Value::from(r.offset),
+                Value::from(now.as_str()),
             ]);
         }
         tx.exec_drop(sql, Params::Positional(params)).await?;
         inserted += tx.affected_rows() as usize;
     }
     if inserted == fresh.len() {
-        return Ok(fresh);
+        return Ok(fresh.to_vec());
     }
-    // Another aggregator inserted some of these ids since `known_ids` (the same
-    // event on two partitions). Ours are the rows carrying our partition and
-    // offset: the offset rows locked above keep anyone else from writing those.
+    // Some were there already (a replayed spool, a retried produce, a
+    // redelivery after MySQL's offsets were lost). Ours are the rows with our
+    // partition, offset and this batch's received_at: the offset rows locked
+    // above keep anyone else from writing the same partition and offset, and
+    // an earlier copy at the same position has an earlier received_at.
+    let now_micros = (now_at.unix_timestamp_nanos() / 1000) as i64;
     let mut ours = HashSet::new();
     for chunk in fresh.chunks(INSERT_ROWS) {
         let sql = format!(
-            "SELECT feedback_id, kafka_partition, kafka_offset FROM feedback_events WHERE feedback_id IN ({})",
-            placeholders(chunk.len())
+            "SELECT feedback_id, kafka_partition, kafka_offset FROM feedback_events
+             WHERE feedback_id IN ({}) AND {} = ?",
+            placeholders(chunk.len()),
+            micros("received_at")
         );
-        let ids: Vec<Value> = chunk
+        let mut params: Vec<Value> = chunk
             .iter()
             .map(|r| Value::from(r.event.feedback_id.to_string()))
             .collect();
-        let rows: Vec<(String, i32, i64)> = tx.exec(sql, Params::Positional(ids)).await?;
+        params.push(Value::from(now_micros));
+        let rows: Vec<(String, i32, i64)> = tx.exec(sql, Params::Positional(params)).await?;
         ours.extend(rows);
     }
     Ok(fresh
@@ -193,28 +198,6 @@ async fn insert_history<'a>(
         .filter(|r| ours.contains(&(r.event.feedback_id.to_string(), r.partition, r.offset)))
         .copied()
         .collect())
-}
-
-/// The ids of `fresh` already in the history (duplicates: a replayed spool,
-/// a retried produce, or a redelivery after MySQL's offsets were lost).
-async fn known_ids(
-    tx: &mut mysql_async::Transaction<'_>,
-    fresh: &[&Received],
-) -> Result<HashSet<String>, SinkError> {
-    let mut known = HashSet::new();
-    for chunk in fresh.chunks(INSERT_ROWS) {
-        let sql = format!(
-            "SELECT feedback_id FROM feedback_events WHERE feedback_id IN ({})",
-            placeholders(chunk.len())
-        );
-        let ids: Vec<Value> = chunk
-            .iter()
-            .map(|r| Value::from(r.event.feedback_id.to_string()))
-            .collect();
-        let rows: Vec<String> = tx.exec(sql, Params::Positional(ids)).await?;
-        known.extend(rows);
-    }
-    Ok(known)
 }
 
 /// Locks and reads the current rows of the batch's (course, student) pairs.

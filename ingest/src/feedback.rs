@@ -98,7 +98,7 @@ pub async fn submit(
             },
         },
     };
-    tracing::info!(feedback_id = %answer.feedback_id, status = ?answer.status, "feedback taken");
+    tracing::debug!(feedback_id = %answer.feedback_id, status = ?answer.status, "feedback taken");
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

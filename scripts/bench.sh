@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# The benchmark table: ingest, aggregator and query under load, each figure
+# beside a ceiling measured on this machine in this run (ingest's and query's
+# own /healthz, MariaDB's plain multi-row INSERT rate), with its target.
+#
+#   scripts/bench.sh
+#
+# Knobs (environment): BENCH_SECONDS (10, per load run), BENCH_CONNECTIONS
+# (64), BENCH_THREADS (2), BENCH_TOKENS (2000 student tokens), BENCH_EVENTS
+# (100000 events prefilled for the aggregator), BENCH_FRESH_RATE (5000/s),
+# BENCH_FRESH_SECONDS (10), BENCH_FRESH_COURSES (50).
+#
+# It runs its own ingest, aggregator and query from target/release on
+# resources of its own (topics bench-<stamp>-*, database fbbench_<stamp>,
+# Redis db 253, a temp spool, ports from 18080), never the demo's (topic
+# feedback-events, database feedback, Redis db 0) or the tests'. It stops
+# Kafka for the spooled run and always starts it again on exit. The services'
+# logs of the last run stay in var/bench/ (each run replaces the previous
+# run's).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { say "error: $*" >&2; exit 1; }
+
+LOAD_SECONDS=${BENCH_SECONDS:-10}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+TOKENS=${BENCH_TOKENS:-2000}
+EVENTS=${BENCH_EVENTS:-100000}
+FRESH_RATE=${BENCH_FRESH_RATE:-5000}
+FRESH_SECONDS=${BENCH_FRESH_SECONDS:-10}
+FRESH_COURSES=${BENCH_FRESH_COURSES:-50}
+STATS_COURSES=20
+
+STAMP=$(date +%Y%m%d%H%M%S)
+TOPIC_INGEST=bench-$STAMP-ingest
+TOPIC_AGG=bench-$STAMP-agg
+DB=fbbench_$STAMP
+MYSQL_URL=mysql://root@127.0.0.1:3306/$DB
+REDIS_DB=253
+REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB
+LOGS=$ROOT/var/bench
+WORK=$(mktemp -d /tmp/feedback-bench.XXXXXX)
+BENCH=$ROOT/target/release/feedback-bench
+# 48 random characters: the services refuse secrets under 32 bytes.
+SECRET=$(head -c 64 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
+export FEEDBACK_KAFKA_BROKERS=127.0.0.1:9092 RUST_LOG=${RUST_LOG:-info}
+BENCH_STARTED=$SECONDS
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log
+
+# ---------------------------------------------------------------- cleanup ----
+PIDS=()
+KAFKA_STOPPED=0
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ $KAFKA_STOPPED == 1 ]]; then
+    say "starting Kafka again"
+    scripts/infra.sh start kafka
+  fi
+  mariadb -h 127.0.0.1 -P 3306 -u root -e "DROP DATABASE IF EXISTS \`$DB\`" 2>/dev/null
+  redis-cli -h 127.0.0.1 -p 6379 -n "$REDIS_DB" FLUSHDB >/dev/null 2>&1
+  if [[ -x $BENCH ]]; then
+    timeout 30 "$BENCH" delete-topics "$TOPIC_INGEST" "$TOPIC_AGG" "$TOPIC_INGEST.dlq" "$TOPIC_AGG.dlq" >/dev/null 2>&1
+  fi
+  rm -rf "$WORK"
+  say "cleaned up (database $DB dropped, Redis db $REDIS_DB flushed, bench topics deleted; logs in ${LOGS#"$ROOT"/})"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- helpers ----
+# kv FILE KEY: the value of KEY in a key=value file (empty when absent).
+kv() { sed -n "s/^$2=//p" "$1" | head -n1; }
+
+# calc EXPR: floating-point arithmetic.
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", ($1) }"; }
+
+free_port() {
+  local port=$1
+  while ss -Hltn "sport = :$port" | grep -q .; do port=$((port + 1)); done
+  echo "$port"
+}
+
+# start NAME LOGNAME ENV...: runs target/release/NAME with ENV, remembers its pid in PID_<LOGNAME>.
+start() {
+  local name=$1 log=$2
+  shift 2
+  env "$@" "target/release/$name" >"$LOGS/$log.log" 2>&1 </dev/null &
+  PIDS+=($!)
+  printf -v "PID_$log" '%s' $!
+}
+
+# wait_http NAME URL PID: until URL answers 200, or NAME's process exits.
+wait_http() {
+  local name=$1 url=$2 pid=$3 waited=0
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "$name exited; last lines of its log:"; tail -n 20 "$LOGS/$name.log"; exit 1
+    fi
+    (( waited < 600 )) || die "$name did not answer $url within 60s"
+    sleep 0.1; waited=$((waited + 1))
+  done
+}
+
+# load NAME URL SCRIPT ARGS...: one wrk run, its key=value report in $WORK/NAME.out.
+load() {
+  local name=$1 url=$2 script=$3
+  shift 3
+  cpu_start "$LOAD_WHO"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${LOAD_SECONDS}s" --timeout 5s \
+    -s "scripts/bench/$script" "$url" -- "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" ||
+    { cat "$WORK/$name.err" >&2; die "wrk $name failed"; }
+  say "  $name: $(kv "$WORK/$name.out" rps) req/s, p50 $(kv "$WORK/$name.out" p50_ms) ms," \
+    "p99 $(kv "$WORK/$name.out" p99_ms) ms, $(kv "$WORK/$name.out" failed) failed"
+  say "    cpu: $(cpu_report)"
+}
+
+# rss PID: "VmHWM VmRSS" in MiB.
+rss() {
+  awk '/^VmHWM/ { h = $2 } /^VmRSS/ { r = $2 } END { printf "%.1f %.1f", h / 1024, r / 1024 }' "/proc/$1/status"
+}
+
+# CPU use over a phase, per process, so a slow figure says where the cores went.
+# cpu_start NAME=PID...: remember each process's CPU time and the machine's.
+declare -A CPU_AT=()
+CPU_WHO=()
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
+cpu_start() {
+  CPU_WHO=("$@" "kafka=$(listener 9092)" "mariadb=$(listener 3306)" "redis=$(listener 6379)")
+  local who
+  for who in "${CPU_WHO[@]}"; do CPU_AT[$who]=$(ticks "${who#*=}"); done
+  CPU_AT[machine]=$(machine_ticks)
+  CPU_AT[time]=$(date +%s.%N)
+}
+# cpu_report: "ingest 81%, kafka 56%, ... (of one core); machine 97% busy" since cpu_start.
+cpu_report() {
+  local hz seconds out="" who busy0 total0 busy1 total1
+  hz=$(getconf CLK_TCK)
+  seconds=$(calc "$(date +%s.%N) - ${CPU_AT[time]}" 3)
+  for who in "${CPU_WHO[@]}"; do
+    [[ -n ${who#*=} ]] || continue
+    out+="${who%%=*} $(calc "($(ticks "${who#*=}") - ${CPU_AT[$who]}) / $hz / $seconds * 100" 0)%, "
+  done
+  read -r busy0 total0 <<<"${CPU_AT[machine]}"
+  read -r busy1 total1 <<<"$(machine_ticks)"
+  echo "${out%, } of one core; machine $(calc "($busy1 - $busy0) / ($total1 - $total0) * 100" 0)% busy"
+}
+
+readyz() { curl -s -m 2 "http://127.0.0.1:$INGEST_PORT/readyz" || true; }
+
+# post: one feedback submission; prints the HTTP status and the answer's status field.
+post() {
+  curl -s -m 10 -o "$WORK/post.json" -w '%{http_code}' -X POST "http://127.0.0.1:$INGEST_PORT/v1/feedback" \
+    -H "Authorization: Bearer $(head -n1 "$WORK/students.txt")" -H 'Content-Type: application/json' \
+    -d '{"course_id":"BENCH-I000","rating":5,"comment":"warm-up"}' || true
+  printf ' %s\n' "$(jq -r '.status // empty' "$WORK/post.json" 2>/dev/null)"
+}
+
+# ------------------------------------------------------------------ tools ----
+install_tools() {
+  command -v jq >/dev/null && command -v curl >/dev/null && command -v wrk >/dev/null && return
+  say "apt-get install wrk jq curl"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk jq curl
+}
+
+# oha drives the fixed-rate runs; installing it may fail (no crates.io): then those rows say so.
+install_oha() {
+  export PATH=$HOME/.cargo/bin:$PATH
+  command -v oha >/dev/null && return 0
+  say "cargo install oha --locked (once; a few minutes)"
+  cargo install oha --locked 2>&1 | grep --line-buffered -E '^ +(Compiling|Installing|Installed|Finished)|^error' |
+    sed -u 's/^ */    /' || true
+  command -v oha >/dev/null
+}
+
+# oha_run NAME RATE URL [TOKEN]: a fixed-rate run; p50/p99 and status counts in $WORK/NAME.out.
+oha_run() {
+  local name=$1 rate=$2 url=$3 token=${4:-} auth=()
+  [[ -n $token ]] && auth=(-H "Authorization: Bearer $token")
+  cpu_start "$LOAD_WHO"
+  oha --no-tui --output-format json --latency-correction -w -z "${LOAD_SECONDS}s" -q "$rate" \
+    -c "$CONNECTIONS" "${auth[@]}" --rand-regex-url "$url" >"$WORK/$name.json" 2>"$WORK/$name.err" ||
+    { cat "$WORK/$name.err" >&2; die "oha $name failed"; }
+  jq -r '"rps=\(.summary.requestsPerSec)",
+         "p50_ms=\(.latencyPercentiles.p50 * 1000)",
+         "p99_ms=\(.latencyPercentiles.p99 * 1000)",
+         "ok=\(.statusCodeDistribution["200"] // 0)",
+         "total=\([.statusCodeDistribution[]] | add // 0)",
+         "errors=\([.errorDistribution[]?] | add // 0)"' "$WORK/$name.json" >"$WORK/$name.out"
+  say "  $name at $rate/s: p50 $(calc "$(kv "$WORK/$name.out" p50_ms)") ms," \
+    "p99 $(calc "$(kv "$WORK/$name.out" p99_ms)") ms, $(kv "$WORK/$name.out" errors) errors"
+  say "    cpu: $(cpu_report)"
+}
+
+# ---------------------------------------------------------------- sections ----
+prepare() {
+  say "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)," \
+    "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
+  scripts/infra.sh up
+  install_tools
+  if install_oha; then OHA=1; else OHA=0; say "oha could not be installed: the fixed-rate rows are skipped"; fi
+  say "building (cargo build --release -p ingest -p aggregator -p query -p feedback-tests)"
+  cargo build --release -p ingest -p aggregator -p query -p feedback-tests
+  INGEST_PORT=$(free_port 18080)
+  AGG_PORT=$(free_port $((INGEST_PORT + 1)))
+  QUERY_PORT=$(free_port $((AGG_PORT + 1)))
+  redis-cli -h 127.0.0.1 -p 6379 -n "$REDIS_DB" FLUSHDB >/dev/null
+  "$BENCH" tokens --count "$TOKENS" --role student --secret "$SECRET" >"$WORK/students.txt"
+  ADMIN_TOKEN=$("$BENCH" tokens --count 1 --role admin --secret "$SECRET")
+  say "run $STAMP: topics $TOPIC_INGEST and $TOPIC_AGG, database $DB, Redis db $REDIS_DB," \
+    "ports $INGEST_PORT/$AGG_PORT/$QUERY_PORT, $TOKENS student tokens"
+}
+
+start_ingest() {
+  say "starting ingest on :$INGEST_PORT (rate limits off, spool $WORK/spool)"
+  start ingest ingest FEEDBACK_INGEST_ADDR="127.0.0.1:$INGEST_PORT" FEEDBACK_KAFKA_TOPIC="$TOPIC_INGEST" \
+    FEEDBACK_SPOOL_DIR="$WORK/spool" FEEDBACK_JWT_SECRET="$SECRET" \
+    FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN=0 FEEDBACK_RATE_LIMIT_IP_PER_MIN=0
+  wait_http ingest "http://127.0.0.1:$INGEST_PORT/healthz" "$PID_ingest"
+  # Until the topic exists and a submission goes straight to Kafka.
+  local waited=0
+  until [[ $(post) == "202 accepted" ]]; do
+    (( waited < 60 )) || die "ingest did not accept a submission within 30s: $(readyz)"
+    sleep 0.5; waited=$((waited + 1))
+  done
+}
+
+bench_ingest() {
+  local url=http://127.0.0.1:$INGEST_PORT
+  LOAD_WHO=ingest=$PID_ingest
+  say "ingest: warm-up, then /healthz (ceiling) and /v1/feedback with Kafka up, ${LOAD_SECONDS}s each"
+  LOAD_SECONDS=2 load ingest_warmup "$url" submit.lua "$WORK/students.txt" >/dev/null
+  load ingest_health "$url/healthz" get.lua -
+  load ingest_up "$url" submit.lua "$WORK/students.txt"
+  read -r RSS_UP_HWM RSS_UP <<<"$(rss "$PID_ingest")"
+  say "  ingest memory: VmRSS $RSS_UP MiB, VmHWM $RSS_UP_HWM MiB"
+}
+
+bench_aggregator() {
+  say "aggregator: prefilling $TOPIC_AGG with $EVENTS events (200 courses, 20000 students)"
+  "$BENCH" prefill --topic "$TOPIC_AGG" --count "$EVENTS" --courses 200 --students 20000 >"$WORK/prefill.out"
+  say "  produced at $(kv "$WORK/prefill.out" rate)/s"
+  say "aggregator ceiling: MariaDB plain INSERTs, 100 rows each, one transaction per batch, $EVENTS rows"
+  "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 >"$WORK/ceiling.out"
+  say "  $(kv "$WORK/ceiling.out" rate) rows/s"
+  say "starting the aggregator on :$AGG_PORT; measuring from its first recorded offset"
+  start aggregator aggregator FEEDBACK_AGGREGATOR_ADDR="127.0.0.1:$AGG_PORT" FEEDBACK_KAFKA_TOPIC="$TOPIC_AGG" \
+    FEEDBACK_CONSUMER_GROUP="bench-$STAMP" FEEDBACK_MYSQL_URL="$MYSQL_URL" FEEDBACK_REDIS_URL="$REDIS_URL"
+  cpu_start "aggregator=$PID_aggregator"
+  "$BENCH" drain --mysql-url "$MYSQL_URL" --topic "$TOPIC_AGG" --count "$EVENTS" >"$WORK/drain.out"
+  say "  $(kv "$WORK/drain.out" rate) events/s over $(kv "$WORK/drain.out" seconds)s" \
+    "(start-up and group join before it: $(kv "$WORK/drain.out" startup_seconds)s)"
+  say "    cpu: $(cpu_report)"
+  say "freshness: $FRESH_RATE events/s for ${FRESH_SECONDS}s over $FRESH_COURSES courses, produce to visible in Redis"
+  cpu_start "aggregator=$PID_aggregator"
+  "$BENCH" freshness --topic "$TOPIC_AGG" --mysql-url "$MYSQL_URL" --redis-url "$REDIS_URL" \
+    --rate "$FRESH_RATE" --seconds "$FRESH_SECONDS" --courses "$FRESH_COURSES" >"$WORK/fresh.out"
+  say "  p50 $(kv "$WORK/fresh.out" p50_ms) ms, p99 $(kv "$WORK/fresh.out" p99_ms) ms," \
+    "$(kv "$WORK/fresh.out" visible) of $(kv "$WORK/fresh.out" produced) visible," \
+    "backlog $(kv "$WORK/fresh.out" backlog_at_end) when producing stopped"
+  say "    cpu: $(cpu_report)"
+  stop_pid "$PID_aggregator"
+}
+
+bench_query() {
+  local url=http://127.0.0.1:$QUERY_PORT paths=() warm=0
+  say "starting query on :$QUERY_PORT"
+  start query query FEEDBACK_QUERY_ADDR="127.0.0.1:$QUERY_PORT" FEEDBACK_MYSQL_URL="$MYSQL_URL" \
+    FEEDBACK_REDIS_URL="$REDIS_URL" FEEDBACK_JWT_SECRET="$SECRET"
+  wait_http query "$url/healthz" "$PID_query"
+  LOAD_WHO=query=$PID_query
+  for i in $(seq 0 $((STATS_COURSES - 1))); do paths+=("$(printf '/v1/courses/BENCH-C%04d/stats' "$i")"); done
+  # Read each twice: a miss fills Redis, so the second answer must come from the cache.
+  for path in "${paths[@]}"; do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $ADMIN_TOKEN" "$url$path"
+    [[ $(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "$url$path" | jq -r .source) == cache ]] && warm=$((warm + 1))
+  done
+  say "query: $warm of $STATS_COURSES courses answered from Redis; /healthz (ceiling) and stats, ${LOAD_SECONDS}s each"
+  (( warm == STATS_COURSES )) || say "  warning: some stats are not cache hits"
+  LOAD_SECONDS=2 load query_warmup "$url" get.lua "$ADMIN_TOKEN" "${paths[@]}" >/dev/null
+  load query_health "$url/healthz" get.lua -
+  load query_stats "$url" get.lua "$ADMIN_TOKEN" "${paths[@]}"
+  HALF_RATE=$(calc "$(kv "$WORK/query_stats.out" rps) / 2" 0)
+  if [[ $OHA == 1 ]]; then
+    say "query at half load ($HALF_RATE req/s, fixed rate with oha): stats, then /healthz as its floor"
+    oha_run query_half "$HALF_RATE" "$url/v1/courses/BENCH-C00(0[0-9]|1[0-9])/stats" "$ADMIN_TOKEN"
+    oha_run query_half_health "$HALF_RATE" "$url/healthz"
+  fi
+  stop_pid "$PID_query"
+}
+
+bench_spooled() {
+  local url=http://127.0.0.1:$INGEST_PORT waited=0 t0 t1 depth
+  LOAD_WHO=ingest=$PID_ingest
+  say "ingest with Kafka down: stopping Kafka (it is started again right after, and on exit)"
+  KAFKA_STOPPED=1
+  scripts/infra.sh stop kafka
+  until [[ $(readyz | jq -r '.checks.kafka.breaker // empty' 2>/dev/null) == open ]]; do
+    (( waited < 60 )) || die "the breaker did not open within 60 submissions: $(readyz)"
+    post >/dev/null; waited=$((waited + 1))
+  done
+  say "  breaker open after $waited submissions; /v1/feedback spooled for ${LOAD_SECONDS}s"
+  load ingest_spooled "$url" submit.lua "$WORK/students.txt"
+  read -r RSS_HWM RSS_SPOOLED <<<"$(rss "$PID_ingest")"
+  SPOOL_DEPTH=$(readyz | jq -r '.checks.spool.depth')
+  say "  spool depth $SPOOL_DEPTH; ingest memory VmRSS $RSS_SPOOLED MiB, VmHWM $RSS_HWM MiB; starting Kafka"
+  LOAD_WHO=ingest=$PID_ingest
+  t0=$(date +%s.%N)
+  scripts/infra.sh start kafka
+  KAFKA_STOPPED=0
+  t1=$(date +%s.%N)
+  cpu_start "$LOAD_WHO"
+  KAFKA_START_S=$(calc "$t1 - $t0" 1)
+  until depth=$(readyz | jq -r '.checks.spool.depth // empty' 2>/dev/null) && [[ $depth == 0 ]]; do
+    (( $(calc "$(date +%s.%N) - $t1 > 300" 0) == 0 )) || die "the spool did not drain within 300s: $(readyz)"
+    sleep 0.1
+  done
+  DRAIN_S=$(calc "$(date +%s.%N) - $t1" 1)
+  say "  Kafka answered after ${KAFKA_START_S}s; spool drained ${DRAIN_S}s later"
+  say "    cpu: $(cpu_report)"
+  "$BENCH" topic-count --topic "$TOPIC_INGEST" >"$WORK/topic.out"
+}
+
+# ------------------------------------------------------------------ table ----
+ROWS=()
+# row MEASURE VALUE CEILING RATIO TARGET OK
+row() { ROWS+=("$1|$2|$3|$4|$5|$6"); }
+
+# ratio_row MEASURE VALUE CEILING UNIT MIN: a rate against its ceiling, ok when value/ceiling >= MIN.
+ratio_row() {
+  local ratio ok
+  ratio=$(calc "$2 / $3")
+  ok=$([[ $(calc "$ratio >= $5" 0) == 1 ]] && echo yes || echo NO)
+  row "$1" "$2 $4" "$3 $4" "$ratio" ">= $5" "$ok"
+}
+
+# latency_row MEASURE VALUE_MS FLOOR_MS MAX_MS: a latency beside the floor measured with it.
+latency_row() {
+  local ok=- ratio=- target=-
+  [[ $3 != - ]] && ratio="x$(calc "$2 / $3" 1)"
+  if [[ $4 != - ]]; then
+    target="<= $4 ms"
+    ok=$([[ $(calc "$2 <= $4" 0) == 1 ]] && echo yes || echo NO)
+  fi
+  row "$1" "$(calc "$2") ms" "$([[ $3 == - ]] && echo - || echo "$(calc "$3") ms")" "$ratio" "$target" "$ok"
+}
+
+failures_row() {
+  local f=$WORK/$2.out statuses
+  statuses=$(grep -E '^status_' "$f" | sed 's/^status_//; s/=/: /' | paste -sd, - | sed 's/,/, /g' || true)
+  row "$1" "$(kv "$f" unexpected) of $(kv "$f" requests)${statuses:+ (HTTP $statuses)}, $(kv "$f" socket_errors) socket errors" \
+    - - "0" "$([[ $(kv "$f" failed) == 0 ]] && echo yes || echo NO)"
+}
+
+build_table() {
+  local h=$WORK/ingest_health.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out
+  ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$(kv "$h" rps)" "req/s" 0.3
+  latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
+  latency_row "ingest p99, Kafka up" "$(kv "$up" p99_ms)" "$(kv "$h" p99_ms)" -
+  failures_row "ingest non-202, Kafka up" ingest_up
+  ratio_row "ingest spooled, Kafka down (vs /healthz)" "$(kv "$sp" good_rps)" "$(kv "$h" rps)" "req/s" 0.2
+  latency_row "ingest p50, Kafka down" "$(kv "$sp" p50_ms)" "$(kv "$h" p50_ms)" -
+  latency_row "ingest p99, Kafka down" "$(kv "$sp" p99_ms)" "$(kv "$h" p99_ms)" -
+  failures_row "ingest non-202, Kafka down" ingest_spooled
+  row "spool drain after Kafka is back" "$SPOOL_DEPTH in ${DRAIN_S} s ($(calc "$SPOOL_DEPTH / $DRAIN_S" 0)/s)" \
+    "Kafka start ${KAFKA_START_S} s" - - -
+  local accepted delivered
+  local w=$WORK/ingest_warmup.out
+  accepted=$(( $(kv "$w" requests) - $(kv "$w" unexpected) + $(kv "$up" requests) - $(kv "$up" unexpected) +
+    $(kv "$sp" requests) - $(kv "$sp" unexpected) ))
+  delivered=$(kv "$WORK/topic.out" messages)
+  row "ingest topic after the drain" "$delivered events" "$accepted answered 202" - ">= 202s" \
+    "$([[ $delivered -ge $accepted ]] && echo yes || echo NO)"
+  local peak
+  peak=$(calc "($RSS_HWM > $RSS_UP_HWM) ? $RSS_HWM : $RSS_UP_HWM" 1)
+  row "ingest peak RSS (VmHWM; VmRSS up/down)" "$peak MiB ($RSS_UP/$RSS_SPOOLED)" - - "<= 64 MiB" \
+    "$([[ $(calc "$peak <= 64" 0) == 1 ]] && echo yes || echo NO)"
+
+  ratio_row "aggregator events (vs MariaDB INSERTs)" "$(kv "$WORK/drain.out" rate)" "$(kv "$WORK/ceiling.out" rate)" "rows/s" 0.5
+  local fr=$WORK/fresh.out
+  latency_row "freshness p50 @ $(kv "$fr" produce_rate)/s produced" "$(kv "$fr" p50_ms)" - -
+  latency_row "freshness p99 @ $(kv "$fr" produce_rate)/s produced" "$(kv "$fr" p99_ms)" - 500
+  latency_row "freshness max" "$(kv "$fr" max_ms)" - -
+  row "freshness backlog when producing stopped" "$(kv "$fr" backlog_at_end) events" - - - -
+  row "freshness events seen in Redis" "$(kv "$fr" visible) of $(kv "$fr" produced)" - - "all" \
+    "$([[ $(kv "$fr" visible) == "$(kv "$fr" produced)" ]] && echo yes || echo NO)"
+
+  local qh=$WORK/query_health.out qs=$WORK/query_stats.out
+  ratio_row "query stats, cache hits (vs /healthz)" "$(kv "$qs" good_rps)" "$(kv "$qh" rps)" "req/s" 0.5
+  latency_row "query stats p99, open loop" "$(kv "$qs" p99_ms)" "$(kv "$qh" p99_ms)" -
+  failures_row "query stats non-200" query_stats
+  if [[ $OHA == 1 ]]; then
+    latency_row "query stats p50 @ $HALF_RATE/s (half)" "$(kv "$WORK/query_half.out" p50_ms)" \
+      "$(kv "$WORK/query_half_health.out" p50_ms)" -
+    latency_row "query stats p99 @ $HALF_RATE/s (half)" "$(kv "$WORK/query_half.out" p99_ms)" \
+      "$(kv "$WORK/query_half_health.out" p99_ms)" 2
+    row "query half-load answers not 200" \
+      "$(( $(kv "$WORK/query_half.out" total) - $(kv "$WORK/query_half.out" ok) + $(kv "$WORK/query_half.out" errors) ))" \
+      - - 0 "$([[ $(( $(kv "$WORK/query_half.out" total) - $(kv "$WORK/query_half.out" ok) )) == 0 ]] && echo yes || echo NO)"
+  else
+    row "query stats p99 @ half load" "not measured: oha could not be installed" - - "<= 2 ms" -
+  fi
+}
+
+print_table() {
+  echo
+  echo "Benchmark $STAMP on $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1))."
+  echo "The load generators (wrk -t$THREADS -c$CONNECTIONS, oha, feedback-bench) run on the same cores as the"
+  echo "services, Kafka, Redis and MariaDB: every ceiling is measured the same way in this run."
+  echo
+  {
+    echo "measure|value|ceiling|ratio|target|ok?"
+    echo "-|-|-|-|-|-"
+    printf '%s\n' "${ROWS[@]}"
+  } | awk -F'|' '
+    { for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR }
+    END {
+      for (r = 1; r <= n; r++) {
+        line = ""
+        for (i = 1; i <= 6; i++) {
+          c = cell[r, i]
+          if (c == "-" && r == 2) { c = ""; while (length(c) < w[i]) c = c "-" }
+          line = line (i > 1 ? " | " : "") sprintf("%-" w[i] "s", c)
+        }
+        print line
+      }
+    }'
+  echo
+  echo "ratio: value / ceiling for rates; for latencies, value / the same run's /healthz latency (x)."
+  echo "Took $((SECONDS - BENCH_STARTED))s."
+}
+
+# ------------------------------------------------------------------- main ----
+prepare
+start_ingest
+bench_ingest
+bench_aggregator
+bench_query
+bench_spooled
+build_table
+print_table
