@@ -47,7 +47,7 @@ for ((i = 0; i < STUDENTS; i++)); do
   TOKENS[i]=$("$BIN" mint-token --sub "demo-student-$i" --role student --ttl-hours 24)
 done
 
-say "posting $TOTAL submissions (about one in five is a student changing an earlier rating)"
+say "posting $TOTAL submissions: each student rates up to 3 courses, many more than once (the latest counts)"
 accepted=0 failed=0
 for ((n = 1; n <= TOTAL; n++)); do
   student=$((RANDOM % STUDENTS))
@@ -66,12 +66,15 @@ done
 # Refusals are expected only from the per-student rate limit (30 a minute).
 
 ADMIN=$("$BIN" mint-token --sub demo-admin --role admin --ttl-hours 1)
+# Done when the totals stop moving (the aggregator has caught up).
 printf '[demo-load %s] waiting for the aggregator ' "$(date +%H:%M:%S)"
+previous=-1
 for _ in $(seq 1 60); do
   total=$(curl -fsS "$QUERY/v1/courses?limit=200" -H "Authorization: Bearer $ADMIN" 2>/dev/null |
     python3 -c 'import json,sys; print(sum(c["responses"] for c in json.load(sys.stdin)["items"]))' 2>/dev/null || echo 0)
-  ((total > 0)) && break
-  printf '.'; sleep 0.5
+  ((total > 0 && total == previous)) && break
+  previous=$total
+  printf '.'; sleep 1
 done
 echo " ok"
 say "courses now (responses = students with a current rating):"
