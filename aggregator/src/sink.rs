@@ -75,9 +75,7 @@ pub async fn commit(
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
 ) -> Result<Committed, SinkError> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), pool.get_conn())
-        .await
-        .map_err(|_| SinkError::Unavailable("timed out connecting to MySQL".into()))??;
+    let mut conn = connect(pool).await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     // One clock reading for the batch: MySQL's updated_at and the deltas' agree.
     let now_at = shared::event::now_micros();
@@ -367,11 +365,17 @@ async fn record_offsets(
     Ok(())
 }
 
+/// A connection, or `Unavailable` within 5 s (mysql_async has no connect timeout).
+async fn connect(pool: &Pool) -> Result<mysql_async::Conn, SinkError> {
+    tokio::time::timeout(Duration::from_secs(5), pool.get_conn())
+        .await
+        .map_err(|_| SinkError::Unavailable("timed out connecting to MySQL".into()))?
+        .map_err(SinkError::from)
+}
+
 /// The next offset MySQL holds for each partition of `topic`.
 pub async fn stored_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), pool.get_conn())
-        .await
-        .map_err(|_| SinkError::Unavailable("timed out connecting to MySQL".into()))??;
+    let mut conn = connect(pool).await?;
     let rows: Vec<(i32, i64)> = conn
         .exec(
             "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE topic = ?",

@@ -76,13 +76,7 @@ async fn redis_flushed_killed_and_restarted_mid_stream_never_holds_wrong_numbers
         }
     }
 
-    wait_for_mysql(
-        &scenario.mysql_url,
-        &expected(&events),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(60)).await;
     // With the filler still racing, every hash present equals MySQL.
     let present = wait_for_redis_to_match(&scenario, Duration::from_secs(15)).await;
     assert!(
@@ -137,13 +131,7 @@ async fn mysql_stopped_for_15_seconds_mid_stream_loses_and_skips_nothing() {
     mysql.restart().await.unwrap();
     produce(&scenario.topic, &events[1500..]).await;
 
-    wait_for_mysql(
-        &scenario.mysql_url,
-        &expected(&events),
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(90)).await;
     assert_eq!(
         wait_for_redis_to_match(&scenario, Duration::from_secs(10)).await,
         8
@@ -173,13 +161,7 @@ async fn the_aggregator_killed_9_three_times_mid_stream_counts_everything_once()
         }
     }
 
-    wait_for_mysql(
-        &scenario.mysql_url,
-        &expected(&events),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(120)).await;
     assert_eq!(
         wait_for_redis_to_match(&scenario, Duration::from_secs(15)).await,
         10
@@ -205,13 +187,7 @@ async fn two_aggregators_in_one_group_with_one_killed_count_everything_once() {
     }
 
     // The survivor takes the victim's partitions once its session times out.
-    wait_for_mysql(
-        &scenario.mysql_url,
-        &expected(&events),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_mysql_consistent(&scenario.mysql_url, &events).await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(120)).await;
     // Redis follows the survivor's deltas too.
     fill_all(&scenario).await;
     let more = random_events(15, 300, 12, 300);

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, error_of, TestIngest};
+use common::{config, TestIngest};
+use feedback_tests::error_of;
 use feedback_tests::{consume, student, temp_dir, token};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

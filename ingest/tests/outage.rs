@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{config, error_of, TestIngest};
+use common::{config, TestIngest};
+use feedback_tests::error_of;
 use feedback_tests::{
     consume_until, free_port, fresh_topic, infra, student, temp_dir, Consumed, Restart, JWT_SECRET,
     OUTAGE,

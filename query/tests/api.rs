@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{admin, error_of, TestQuery};
+use common::{admin, TestQuery};
+use feedback_tests::error_of;
 use feedback_tests::{token, JWT_SECRET};
 use reqwest::StatusCode;
 use shared::auth::{Claims, Role};

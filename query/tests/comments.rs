@@ -4,7 +4,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{error_of, Response, TestQuery};
+use common::{Response, TestQuery};
+use feedback_tests::error_of;
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
 use serde_json::Value;

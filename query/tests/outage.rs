@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, error_of, expected, figures, fresh_stores, TestQuery};
+use common::{config, expected, figures, fresh_stores, TestQuery};
+use feedback_tests::error_of;
 use feedback_tests::{eventually, PrivateRedis};
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{error_of, Response, TestQuery};
+use common::{Response, TestQuery};
+use feedback_tests::error_of;
 use serde_json::{json, Value};
 
 async fn seeded() -> TestQuery {

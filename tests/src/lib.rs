@@ -217,6 +217,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// SIGKILLs a private server, if running, and reaps it.
+fn kill_child(child: &mut Option<std::process::Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The path of an apt-installed server binary (sbin is not on every PATH).
 fn system_binary(name: &str) -> String {
     ["/usr/sbin", "/usr/bin"]
@@ -254,10 +262,7 @@ impl PrivateRedis {
 
     /// SIGKILLs it (its data is gone: it has no persistence).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again, empty, on the same port, and waits until it answers.
@@ -336,10 +341,7 @@ impl PrivateMysql {
 
     /// Stops it (SIGKILL: connections drop at once, as in a crash).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same data and port, and waits until it answers.
@@ -402,4 +404,20 @@ impl Drop for PrivateMysql {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `error` object of a contract error body, checking the content type.
+pub async fn error_of(response: reqwest::Response) -> serde_json::Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "error content type {content_type:?}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    body["error"].clone()
 }

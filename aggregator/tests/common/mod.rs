@@ -359,6 +359,13 @@ pub async fn wait_for_mysql(
     }
 }
 
+/// Waits until MySQL equals the counting rule over `events`, then checks the
+/// history and current rows agree with it too.
+pub async fn assert_counted(mysql_url: &str, events: &[FeedbackSubmitted], limit: Duration) {
+    wait_for_mysql(mysql_url, &expected(events), limit).await;
+    assert_mysql_consistent(mysql_url, events).await;
+}
+
 /// Asserts the rest of MySQL agrees: one history row per distinct event, one
 /// current row per counted (course, student), stats equal to the current rows.
 pub async fn assert_mysql_consistent(mysql_url: &str, events: &[FeedbackSubmitted]) {

@@ -86,19 +86,3 @@ impl TestIngest {
         }
     }
 }
-
-/// The `error` object of a contract error body, checking the content type.
-pub async fn error_of(response: reqwest::Response) -> serde_json::Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "error content type {content_type:?}"
-    );
-    let body: serde_json::Value = response.json().await.expect("a JSON error body");
-    body["error"].clone()
-}

@@ -235,22 +235,6 @@ impl Seed {
     }
 }
 
-/// The `error` object of a contract error body, checking the content type.
-pub async fn error_of(response: reqwest::Response) -> Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "error content type {content_type:?}"
-    );
-    let body: Value = response.json().await.expect("a JSON error body");
-    body["error"].clone()
-}
-
 /// The `(responses, rating_sum, distribution 1..5)` of a stats answer.
 pub fn figures(stats: &Value) -> (i64, i64, [i64; 5]) {
     let d = &stats["distribution"];
