@@ -3,7 +3,10 @@
 # beside a ceiling measured on this machine in this run (ingest's and query's
 # own /healthz, MariaDB's plain multi-row INSERT rate), with its target.
 #
-#   scripts/bench.sh
+#   scripts/bench.sh [ingest] [aggregator] [query]
+#
+# With no argument every section runs; name sections to run only those (query
+# reads the statistics the aggregator section writes, so it brings it along).
 #
 # Knobs (environment): BENCH_SECONDS (10, per load run), BENCH_CONNECTIONS
 # (64), BENCH_THREADS (2), BENCH_TOKENS (2000 student tokens), BENCH_EVENTS
@@ -369,7 +372,7 @@ failures_row() {
     - - "0" "$([[ $(kv "$f" failed) == 0 ]] && echo yes || echo NO)"
 }
 
-build_table() {
+table_ingest() {
   local h=$WORK/ingest_health.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out
   ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$(kv "$h" rps)" "req/s" 0.3
   latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
@@ -392,7 +395,9 @@ build_table() {
   peak=$(calc "($RSS_HWM > $RSS_UP_HWM) ? $RSS_HWM : $RSS_UP_HWM" 1)
   row "ingest peak RSS (VmHWM; VmRSS up/down)" "$peak MiB ($RSS_UP/$RSS_SPOOLED)" - - "<= 64 MiB" \
     "$([[ $(calc "$peak <= 64" 0) == 1 ]] && echo yes || echo NO)"
+}
 
+table_aggregator() {
   ratio_row "aggregator events (vs MariaDB INSERTs)" "$(kv "$WORK/drain.out" rate)" "$(kv "$WORK/ceiling.out" rate)" "rows/s" 0.5
   local fr=$WORK/fresh.out
   latency_row "freshness p50 @ $(kv "$fr" produce_rate)/s produced" "$(kv "$fr" p50_ms)" - -
@@ -401,7 +406,9 @@ build_table() {
   row "freshness backlog when producing stopped" "$(kv "$fr" backlog_at_end) events" - - - -
   row "freshness events seen in Redis" "$(kv "$fr" visible) of $(kv "$fr" produced)" - - "all" \
     "$([[ $(kv "$fr" visible) == "$(kv "$fr" produced)" ]] && echo yes || echo NO)"
+}
 
+table_query() {
   local qh=$WORK/query_health.out qs=$WORK/query_stats.out
   ratio_row "query stats, cache hits (vs /healthz)" "$(kv "$qs" good_rps)" "$(kv "$qh" rps)" "req/s" 0.5
   latency_row "query stats p99, open loop" "$(kv "$qs" p99_ms)" "$(kv "$qh" p99_ms)" -
@@ -448,11 +455,21 @@ print_table() {
 }
 
 # ------------------------------------------------------------------- main ----
+RUN_INGEST=0 RUN_AGGREGATOR=0 RUN_QUERY=0
+(( $# > 0 )) || set -- ingest aggregator query
+for section in "$@"; do
+  case $section in
+    ingest) RUN_INGEST=1 ;;
+    aggregator) RUN_AGGREGATOR=1 ;;
+    query) RUN_QUERY=1 RUN_AGGREGATOR=1 ;;
+    *) die "unknown section '$section' (ingest, aggregator, query)" ;;
+  esac
+done
 prepare
-start_ingest
-bench_ingest
-bench_aggregator
-bench_query
-bench_spooled
-build_table
+if [[ $RUN_INGEST == 1 ]]; then start_ingest; bench_ingest; fi
+if [[ $RUN_AGGREGATOR == 1 ]]; then bench_aggregator; fi
+if [[ $RUN_QUERY == 1 ]]; then bench_query; fi
+if [[ $RUN_INGEST == 1 ]]; then bench_spooled; table_ingest; fi
+if [[ $RUN_AGGREGATOR == 1 ]]; then table_aggregator; fi
+if [[ $RUN_QUERY == 1 ]]; then table_query; fi
 print_table

@@ -22,6 +22,9 @@ pub struct Config {
     pub batch_size: usize,
     /// `FEEDBACK_BATCH_LINGER_MS` (default 50): how long a batch waits to fill.
     pub linger: Duration,
+    /// `FEEDBACK_SINK_LANES` (default 3): MySQL transactions in flight at
+    /// once, each for its own share of the partitions (partition % lanes).
+    pub lanes: usize,
     /// `FEEDBACK_CACHE_TTL_SECS` (default 86400): TTL of hashes the reconciler fills.
     pub cache_ttl_secs: u64,
     /// `FEEDBACK_RECONCILE_INTERVAL_MS` (default 2000)
@@ -37,6 +40,11 @@ impl Config {
             (1..=10_000).contains(&batch_size),
             "FEEDBACK_BATCH_SIZE must be 1 to 10000"
         );
+        let lanes: usize = parse_or("FEEDBACK_SINK_LANES", 3)?;
+        anyhow::ensure!(
+            (1..=64).contains(&lanes),
+            "FEEDBACK_SINK_LANES must be 1 to 64"
+        );
         Ok(Self {
             addr: var_or("FEEDBACK_AGGREGATOR_ADDR", "127.0.0.1:8081"),
             brokers: shared::config::kafka_brokers(),
@@ -46,6 +54,7 @@ impl Config {
             mysql_url: shared::config::mysql_url(),
             batch_size,
             linger: Duration::from_millis(parse_or("FEEDBACK_BATCH_LINGER_MS", 50)?),
+            lanes,
             cache_ttl_secs: parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?,
             reconcile_interval: Duration::from_millis(parse_or(
                 "FEEDBACK_RECONCILE_INTERVAL_MS",

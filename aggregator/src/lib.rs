@@ -2,19 +2,21 @@
 //! Redis with an exactly-once effect.
 //!
 //! Flow: `consumer.rs` joins the group and starts each assigned partition at
-//! the offset MySQL recorded; the batch loop below collects up to
-//! `FEEDBACK_BATCH_SIZE` messages or waits `FEEDBACK_BATCH_LINGER_MS`,
-//! decodes them (poison goes to the DLQ, `dlq.rs`), and `sink.rs` commits the
-//! batch to MySQL in one transaction (history, counting rule via
-//! `counting.rs`, course stats with versions, offsets). Then `cache.rs`
-//! applies the per-course deltas to Redis, and the offsets are committed to
-//! Kafka (advisory only).
+//! the offset MySQL recorded; `worker.rs` routes each message to the lane of
+//! its partition, and each lane collects up to `FEEDBACK_BATCH_SIZE` messages
+//! or waits `FEEDBACK_BATCH_LINGER_MS`, decodes them (poison goes to the DLQ,
+//! `dlq.rs`), and `sink.rs` commits the batch to MySQL in one transaction
+//! (history, counting rule via `counting.rs`, course stats with versions,
+//! offsets). Then `cache.rs` applies the per-course deltas to Redis, and the
+//! offsets are committed to Kafka (advisory only). `FEEDBACK_SINK_LANES`
+//! lanes commit concurrently, each for its own share of the partitions.
 //!
 //! Failure modes: Kafka delivers at least once, so a redelivered offset or a
 //! duplicate `feedback_id` changes nothing (the sink skips it). MySQL down:
-//! consumption pauses and the batch is retried with backoff; nothing is
-//! skipped, `/readyz` is 503. Redis down: MySQL keeps committing, touched
-//! courses are repaired when Redis answers; a reconciler repairs lagging hashes.
+//! the lanes retry with backoff and their partitions are paused once they
+//! fall behind; nothing is skipped, `/readyz` is 503. Redis down: MySQL keeps
+//! committing, touched courses are repaired when Redis answers; a reconciler
+//! repairs lagging hashes.
 
 pub mod cache;
 pub mod config;
@@ -22,36 +24,38 @@ pub mod consumer;
 pub mod counting;
 pub mod dlq;
 pub mod sink;
+mod worker;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use backon::BackoffBuilder;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
-use shared::event::FeedbackSubmitted;
+use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use cache::CacheWriter;
 pub use config::Config;
 use consumer::{AggregatorConsumer, Rebalanced};
-use dlq::{DeadLetters, Poison};
-use sink::{Received, SinkError};
+use dlq::DeadLetters;
 
 /// What `/readyz` reports.
 #[derive(Default)]
 pub struct Health {
-    sink_up: AtomicBool,
+    /// Lanes retrying a commit because MySQL is unreachable.
+    failing_lanes: AtomicUsize,
     assigned: AtomicUsize,
+}
+
+impl Health {
+    pub(crate) fn sink_up(&self) -> bool {
+        self.failing_lanes.load(Ordering::Relaxed) == 0
+    }
 }
 
 /// A built aggregator: listener bound, migrations run, consumer subscribed.
@@ -90,7 +94,6 @@ impl Application {
         )?;
         let listener = shared::http::bind(&config.addr).await?;
         let health = Arc::new(Health::default());
-        health.sink_up.store(true, Ordering::Relaxed);
         Ok(Self {
             listener,
             config,
@@ -139,273 +142,23 @@ impl Application {
             stopped(stop_rx.clone()),
         ));
 
-        let mut worker = Worker {
+        let pool = self.pool.clone();
+        let shared = Arc::new(worker::Shared {
             config: self.config,
             consumer: self.consumer,
-            rebalances: self.rebalances,
             pool: self.pool,
             cache: self.cache,
             dead_letters: self.dead_letters,
             health: self.health,
-            pending: VecDeque::new(),
-            paused: false,
-        };
-        worker.run(stopped(stop_rx)).await;
-        worker.consumer.unsubscribe();
-        drop(worker.consumer); // closes the consumer: leaves the group at once
+        });
+        worker::run(shared.clone(), self.rebalances, stop_rx).await;
+        shared.consumer.unsubscribe();
+        drop(shared); // the lanes are done: this closes the consumer, leaving the group at once
         let _ = reconciler.await;
         let _ = server.await;
-        worker.pool.disconnect().await.ok();
+        pool.disconnect().await.ok();
         tracing::info!("aggregator stopped");
         Ok(())
-    }
-}
-
-/// The batch loop's state.
-struct Worker {
-    config: Config,
-    consumer: AggregatorConsumer,
-    rebalances: mpsc::UnboundedReceiver<Rebalanced>,
-    pool: mysql_async::Pool,
-    cache: Arc<CacheWriter>,
-    dead_letters: DeadLetters,
-    health: Arc<Health>,
-    /// Messages received while the sink was down, to go into the next batch.
-    pending: VecDeque<OwnedMessage>,
-    /// Whether consumption is paused (MySQL down).
-    paused: bool,
-}
-
-impl Worker {
-    async fn run(&mut self, stop: impl Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            let first = match self.pending.pop_front() {
-                Some(message) => message,
-                None => tokio::select! {
-                    biased;
-                    _ = &mut stop => return,
-                    message = self.consumer.recv() => match message {
-                        Ok(message) => {
-                            let message = message.detach();
-                            self.apply_rebalances(&mut Vec::new());
-                            message
-                        }
-                        Err(err) => {
-                            tracing::warn!(%err, "consumer error");
-                            continue;
-                        }
-                    },
-                },
-            };
-            let batch = self.collect(first).await;
-            if batch.is_empty() {
-                continue;
-            }
-            if !self.process(batch, &mut stop).await {
-                return;
-            }
-        }
-    }
-
-    /// Fills a batch up to the size limit or until the linger runs out.
-    async fn collect(&mut self, first: OwnedMessage) -> Vec<OwnedMessage> {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + self.config.linger;
-        while batch.len() < self.config.batch_size {
-            if let Some(message) = self.pending.pop_front() {
-                batch.push(message);
-                continue;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
-                message = self.consumer.recv() => match message {
-                    Ok(message) => {
-                        let message = message.detach();
-                        self.apply_rebalances(&mut batch);
-                        batch.push(message);
-                    }
-                    Err(err) => tracing::warn!(%err, "consumer error"),
-                },
-            }
-        }
-        self.apply_rebalances(&mut batch);
-        batch
-    }
-
-    /// Takes in the rebalances librdkafka reported, which it does from inside
-    /// `recv()`: so this runs after every `recv()`, before its message is
-    /// buffered. A revocation forgets what was buffered for those partitions
-    /// (their next owner, maybe this consumer again, restarts from MySQL's
-    /// offsets); a message received after it comes from the new assignment and
-    /// is kept. Dropping it too would let a later offset be committed past it.
-    fn apply_rebalances(&mut self, batch: &mut Vec<OwnedMessage>) {
-        while let Ok(event) = self.rebalances.try_recv() {
-            match event {
-                Rebalanced::Revoked(partitions) => {
-                    batch.retain(|m| !partitions.contains(&m.partition()));
-                    self.pending
-                        .retain(|m| !partitions.contains(&m.partition()));
-                    self.health.assigned.store(0, Ordering::Relaxed);
-                }
-                Rebalanced::Assigned(partitions) => {
-                    self.health
-                        .assigned
-                        .store(partitions.len(), Ordering::Relaxed);
-                    if self.paused {
-                        // A new assignment starts unpaused; MySQL is still down.
-                        self.set_paused(true);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Decodes, dead-letters poison, commits to MySQL (retrying until it
-    /// works or shutdown), then updates Redis and Kafka. False on shutdown.
-    async fn process(
-        &mut self,
-        batch: Vec<OwnedMessage>,
-        stop: &mut (impl Future<Output = ()> + Unpin),
-    ) -> bool {
-        let started = Instant::now();
-        let mut consumed: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut events = Vec::with_capacity(batch.len());
-        for message in &batch {
-            let last = consumed
-                .entry(message.partition())
-                .or_insert(message.offset());
-            *last = (*last).max(message.offset());
-            let payload = message.payload().unwrap_or_default();
-            match FeedbackSubmitted::decode(payload) {
-                Ok(event) => events.push(Received {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    event,
-                }),
-                Err(err) => {
-                    self.dead_letters
-                        .send(&Poison {
-                            partition: message.partition(),
-                            offset: message.offset(),
-                            key: message.key().map(<[u8]>::to_vec),
-                            payload: payload.to_vec(),
-                            reason: err.to_string(),
-                        })
-                        .await
-                }
-            }
-        }
-
-        let Some(committed) = self.commit_with_retry(&events, &consumed, stop).await else {
-            tracing::info!(
-                messages = batch.len(),
-                "shutdown while MySQL was down: batch abandoned, it is redelivered later"
-            );
-            return false;
-        };
-        self.cache.apply(&committed.deltas).await;
-        self.commit_to_kafka(&consumed);
-
-        metrics::histogram!("aggregator_batch_size").record(batch.len() as f64);
-        metrics::histogram!("aggregator_batch_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("aggregator_events_applied_total").increment(committed.applied as u64);
-        metrics::counter!("aggregator_duplicates_skipped_total")
-            .increment(committed.duplicates as u64);
-        tracing::debug!(
-            messages = batch.len(),
-            applied = committed.applied,
-            duplicates = committed.duplicates,
-            "batch committed"
-        );
-        true
-    }
-
-    /// Commits to MySQL. Conflicts retry at once; an unreachable MySQL pauses
-    /// consumption and retries with backoff (nothing is skipped).
-    async fn commit_with_retry(
-        &mut self,
-        events: &[Received],
-        consumed: &BTreeMap<i32, i64>,
-        stop: &mut (impl Future<Output = ()> + Unpin),
-    ) -> Option<sink::Committed> {
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(3))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            match sink::commit(&self.pool, &self.config.topic, events, consumed).await {
-                Ok(committed) => {
-                    if self.paused {
-                        self.set_paused(false);
-                        tracing::info!("MySQL reachable again: consumption resumed");
-                    }
-                    self.health.sink_up.store(true, Ordering::Relaxed);
-                    return Some(committed);
-                }
-                Err(SinkError::Conflict(err)) => {
-                    tracing::debug!(%err, "transaction conflict; retrying");
-                    metrics::counter!("aggregator_sink_conflicts_total").increment(1);
-                }
-                Err(SinkError::Unavailable(err)) => {
-                    if !self.paused {
-                        tracing::warn!(%err, "MySQL unavailable: consumption paused, retrying");
-                        self.set_paused(true);
-                    }
-                    self.health.sink_up.store(false, Ordering::Relaxed);
-                    metrics::counter!("aggregator_sink_failures_total").increment(1);
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(3));
-                    // Keep polling while paused so the group keeps us; keep whatever arrives.
-                    let wait = tokio::time::sleep(delay);
-                    tokio::pin!(wait);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = &mut *stop => return None,
-                            _ = &mut wait => break,
-                            message = self.consumer.recv() => if let Ok(message) = message {
-                                let message = message.detach();
-                                self.apply_rebalances(&mut Vec::new());
-                                self.pending.push_back(message);
-                            },
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn set_paused(&mut self, paused: bool) {
-        self.paused = paused;
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if paused {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        if let Err(err) = result {
-            tracing::warn!(%err, paused, "changing the pause state failed");
-        }
-    }
-
-    /// Advisory: lets tools see progress; MySQL's offsets are what resumes.
-    fn commit_to_kafka(&self, consumed: &BTreeMap<i32, i64>) {
-        let mut offsets = TopicPartitionList::new();
-        for (partition, last) in consumed {
-            let _ = offsets.add_partition_offset(
-                &self.config.topic,
-                *partition,
-                Offset::Offset(last + 1),
-            );
-        }
-        if let Err(err) = self.consumer.commit(&offsets, CommitMode::Async) {
-            tracing::debug!(%err, "advisory Kafka commit failed");
-        }
     }
 }
 
@@ -438,7 +191,7 @@ async fn reconcile_loop(
 }
 
 async fn readyz(State((health, cache)): State<(Arc<Health>, Arc<CacheWriter>)>) -> Response {
-    let sink_up = health.sink_up.load(Ordering::Relaxed);
+    let sink_up = health.sink_up();
     shared::http::readiness(
         sink_up,
         serde_json::json!({

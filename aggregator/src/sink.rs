@@ -27,6 +27,20 @@ use crate::counting::{self, Current, ResponseKey};
 /// The largest multi-row `INSERT`; a batch is cut into this fixed shape plus a remainder.
 pub const INSERT_ROWS: usize = 100;
 
+/// The statement shape for a batch's partitions (a topic has 6 unless resized).
+const PARTITION_ROWS: usize = 8;
+
+/// `items` with its last element repeated up to `len` (unchanged when empty or longer). Variable
+/// statement shapes would each be prepared anew (two round trips and a parse
+/// per statement); padded ones stay in the connection's statement cache.
+fn padded<T: Clone>(items: &[T], len: usize) -> Vec<T> {
+    let mut out = items.to_vec();
+    if let Some(last) = items.last().cloned() {
+        out.resize(len.max(items.len()), last);
+    }
+    out
+}
+
 /// An event read from Kafka, with where it came from.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -117,6 +131,7 @@ async fn locked_offsets(
     if partitions.is_empty() {
         return Ok(HashMap::new());
     }
+    let partitions = padded(&partitions, PARTITION_ROWS);
     let sql = format!(
         "SELECT kafka_partition, next_offset FROM consumer_offsets
          WHERE topic = ? AND kafka_partition IN ({}) FOR UPDATE",
@@ -215,9 +230,11 @@ async fn locked_current(
     let keys: Vec<ResponseKey> = keys.into_iter().collect();
     let mut current = HashMap::new();
     for chunk in keys.chunks(INSERT_ROWS) {
+        let chunk = padded(chunk, INSERT_ROWS);
         let sql = format!(
             "SELECT course_id, student_key, feedback_id, rating, comment, {}
-             FROM current_responses WHERE (course_id, student_key) IN ({}) FOR UPDATE",
+             FROM current_responses FORCE INDEX (PRIMARY)
+             WHERE (course_id, student_key) IN ({}) FOR UPDATE",
             micros("submitted_at"),
             vec!["(?, ?)"; chunk.len()].join(", ")
         );
@@ -284,6 +301,7 @@ async fn update_stats(
     let courses: Vec<&String> = changes.keys().collect();
     let mut versions: HashMap<String, i64> = HashMap::new();
     for chunk in courses.chunks(INSERT_ROWS) {
+        let chunk = padded(chunk, INSERT_ROWS);
         let sql = format!(
             "SELECT course_id, version FROM course_stats WHERE course_id IN ({}) FOR UPDATE",
             placeholders(chunk.len())
@@ -383,4 +401,16 @@ pub async fn stored_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64
         )
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn padding_repeats_the_last_item_and_leaves_longer_or_empty_lists_alone() {
+        assert_eq!(padded(&[1, 2, 3], 5), [1, 2, 3, 3, 3]);
+        assert_eq!(padded(&[1, 2, 3], 2), [1, 2, 3]);
+        assert_eq!(padded::<i32>(&[], 4), Vec::<i32>::new());
+    }
 }

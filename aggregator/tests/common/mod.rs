@@ -59,6 +59,7 @@ impl Scenario {
             mysql_url: self.mysql_url.clone(),
             batch_size: 100,
             linger: Duration::from_millis(50),
+            lanes: 3,
             cache_ttl_secs: 3600,
             reconcile_interval: Duration::from_millis(500),
             reconcile_window: Duration::from_secs(600),
