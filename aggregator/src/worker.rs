@@ -9,13 +9,15 @@
 //! transactions commit in offset order, and lanes never share a course (the
 //! topic is keyed by course).
 //!
-//! Flow control: while a lane is behind, the router stops taking messages
+//! Flow control: while a lane holds 4 MiB, the router stops taking messages
 //! (librdkafka's own bounded queue holds the rest). While MySQL is down, the
 //! whole assignment is paused instead and the router keeps polling, so the
-//! group keeps this member however long the outage lasts. A revocation travels down every lane's queue in
-//! order with the messages, so a lane drops exactly what it buffered for the
-//! revoked partitions before it sees anything of the next assignment (whose
-//! owner restarts from MySQL's offsets).
+//! group keeps this member however long the outage lasts.
+//!
+//! A revocation travels down every lane's queue in order with the messages,
+//! so a lane drops exactly what it buffered for the revoked partitions before
+//! it sees anything of the next assignment (whose owner restarts from MySQL's
+//! offsets).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,9 +55,17 @@ enum LaneInput {
 
 struct Lane {
     tx: mpsc::UnboundedSender<LaneInput>,
-    /// Messages handed to the lane and not yet committed or dropped.
+    /// Bytes of the messages handed to the lane and not yet committed or dropped.
     queued: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a lane may hold before the router waits for it.
+const LANE_BYTES: usize = 4 << 20;
+
+/// A message's weight for flow control.
+fn size(message: &OwnedMessage) -> usize {
+    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len) + 64
 }
 
 /// The lane of a partition.
@@ -85,8 +95,9 @@ pub(crate) async fn run(
             Lane { tx, queued, task }
         })
         .collect();
-    // The router waits while a lane has this many messages in hand.
-    let high = shared.config.batch_size * 50;
+    // The router waits while a lane has this much in hand (about 50 batches of
+    // typical events; comments can be up to a few KiB each).
+    let high = LANE_BYTES;
     let mut paused = false;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,7 +118,7 @@ pub(crate) async fn run(
                         paused = false;
                     }
                     let lane = &lanes[lane_of(message.partition(), count)];
-                    lane.queued.fetch_add(1, Ordering::Relaxed);
+                    lane.queued.fetch_add(size(&message), Ordering::Relaxed);
                     if lane.tx.send(LaneInput::Message(message)).is_err() {
                         break; // the lane ended: shutting down
                     }
@@ -212,9 +223,13 @@ async fn lane(
                     None => break,
                     Some(LaneInput::Message(message)) => batch.push(message),
                     Some(LaneInput::Revoked(partitions)) => {
-                        let before = batch.len();
-                        batch.retain(|m| !partitions.contains(&m.partition()));
-                        queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
+                        batch.retain(|m| {
+                            let keep = !partitions.contains(&m.partition());
+                            if !keep {
+                                queued.fetch_sub(size(m), Ordering::Relaxed);
+                            }
+                            keep
+                        });
                     }
                 },
             }
@@ -231,7 +246,7 @@ async fn lane(
             );
             return;
         }
-        queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        queued.fetch_sub(batch.iter().map(size).sum(), Ordering::Relaxed);
         batch.clear();
         if *stop.borrow() {
             return;
