@@ -30,7 +30,8 @@ pub const INSERT_ROWS: usize = 100;
 /// The statement shape for a batch's partitions (a topic has 6 unless resized).
 const PARTITION_ROWS: usize = 8;
 
-/// `items` with its last element repeated up to `len` (unchanged when empty or longer). Variable
+/// `items` with its last element repeated up to `len` (unchanged when empty
+/// or longer). For reads only, where a repeated key changes nothing: variable
 /// statement shapes would each be prepared anew (two round trips and a parse
 /// per statement); padded ones stay in the connection's statement cache.
 fn padded<T: Clone>(items: &[T], len: usize) -> Vec<T> {
