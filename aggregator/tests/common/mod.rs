@@ -367,6 +367,20 @@ pub async fn assert_counted(mysql_url: &str, events: &[FeedbackSubmitted], limit
     assert_mysql_consistent(mysql_url, events).await;
 }
 
+/// Produces `more` after `events`, waits until MySQL counts all of them,
+/// then until every Redis hash present equals MySQL; returns how many are present.
+pub async fn produce_more_and_settle(
+    scenario: &Scenario,
+    events: &[FeedbackSubmitted],
+    more: &[FeedbackSubmitted],
+    redis_limit: Duration,
+) -> usize {
+    produce(&scenario.topic, more).await;
+    let all: Vec<_> = events.iter().chain(more).cloned().collect();
+    assert_counted(&scenario.mysql_url, &all, Duration::from_secs(60)).await;
+    wait_for_redis_to_match(scenario, redis_limit).await
+}
+
 /// Asserts the rest of MySQL agrees: one history row per distinct event, one
 /// current row per counted (course, student), stats equal to the current rows.
 pub async fn assert_mysql_consistent(mysql_url: &str, events: &[FeedbackSubmitted]) {
