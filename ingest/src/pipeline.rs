@@ -180,11 +180,12 @@ impl Pipeline {
                 self.breaker.until_probe().max(Duration::from_millis(50)),
             ));
         }
-        if self.breaker.state() == shared::breaker::State::HalfOpen && !self.probe().await {
-            self.breaker.record_failure();
-            return Ok(Drained::Waiting(self.breaker.until_probe()));
-        }
-        let batch = self.store.oldest(self.config.drain_batch)?;
+        // Half-open, the probe is the oldest record itself: only a delivery
+        // proves Kafka takes messages again (a metadata answer does not), and
+        // a failed one says why in the log.
+        let probing = self.breaker.state() == shared::breaker::State::HalfOpen;
+        let limit = if probing { 1 } else { self.config.drain_batch };
+        let batch = self.store.oldest(limit)?;
         // Enqueue all in order first; the idempotent producer keeps that order per partition.
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut failed = None;
@@ -212,7 +213,11 @@ impl Pipeline {
         self.store.forget(&delivered)?;
         metrics::counter!("ingest_spool_replayed_total").increment(delivered.len() as u64);
         if let Some(error) = failed {
-            tracing::warn!(%error, delivered = delivered.len(), left = self.store.depth(), "spool replay interrupted");
+            if probing {
+                tracing::info!(%error, left = self.store.depth(), "Kafka probe (the oldest spooled record) failed: the spool waits");
+            } else {
+                tracing::warn!(%error, delivered = delivered.len(), left = self.store.depth(), "spool replay interrupted");
+            }
             self.breaker.record_failure();
             return Ok(Drained::Waiting(
                 self.breaker.until_probe().max(Duration::from_millis(200)),
@@ -223,25 +228,6 @@ impl Pipeline {
             tracing::info!("spool drained: producing directly again");
         }
         Ok(Drained::Some)
-    }
-
-    /// Asks the broker for the topic's metadata: is Kafka back?
-    async fn probe(&self) -> bool {
-        let producer = self.producer.clone();
-        let topic = self.config.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
     }
 
     /// Shutdown: wait for in-flight deliveries, then try the spool for up to
@@ -281,4 +267,81 @@ enum Drained {
     Some,
     /// Kafka is not back yet; try again after this long.
     Waiting(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::tempdir;
+    use rdkafka::mocking::MockCluster;
+    use shared::breaker::State;
+
+    fn record(i: usize) -> SpooledRecord {
+        SpooledRecord {
+            key: format!("C{i}"),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+            request_id: format!("r{i}"),
+        }
+    }
+
+    /// Waits out the breaker's cool-down, so the next drain round probes.
+    async fn until_probe(pipeline: &Pipeline) {
+        tokio::time::sleep(pipeline.breaker.until_probe() + Duration::from_millis(20)).await;
+    }
+
+    /// librdkafka's mock cluster stands in for the broker (fault injection);
+    /// the real-broker path is in `tests/outage.rs`.
+    #[tokio::test]
+    async fn half_open_the_oldest_record_alone_probes_and_only_its_delivery_closes_the_breaker() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("spool-probe", 2, 1).unwrap();
+        let store = Store::open(&tempdir(), 1 << 20).unwrap();
+        for i in 0..5 {
+            store.append(record(i)).await.unwrap();
+        }
+        let pipeline = Pipeline::new(
+            PipelineConfig {
+                brokers: mock.bootstrap_servers(),
+                topic: "spool-probe".into(),
+                delivery_timeout: Duration::from_millis(1500),
+                drain_batch: 500,
+            },
+            store,
+        )
+        .unwrap();
+
+        mock.broker_down(1).unwrap();
+        pipeline.breaker.trip();
+        until_probe(&pipeline).await;
+        let round = pipeline.drain_once().await.unwrap();
+        assert!(matches!(round, Drained::Waiting(_)), "the probe failed");
+        assert_eq!(pipeline.store.depth(), 5, "nothing left the spool");
+        assert_eq!(pipeline.breaker.state(), State::Open);
+
+        mock.broker_up(1).unwrap();
+        until_probe(&pipeline).await;
+        let round = pipeline.drain_once().await.unwrap();
+        assert!(matches!(round, Drained::Some));
+        assert_eq!(
+            pipeline.store.depth(),
+            4,
+            "the probe sent the oldest record alone"
+        );
+        assert_eq!(pipeline.store.oldest(1).unwrap()[0].1, record(1));
+        assert!(
+            pipeline.breaker.is_closed(),
+            "its delivery closed the breaker"
+        );
+
+        let round = pipeline.drain_once().await.unwrap();
+        assert!(matches!(round, Drained::Some));
+        assert!(
+            pipeline.store.is_empty(),
+            "closed, the rest goes in one batch"
+        );
+        assert!(matches!(
+            pipeline.drain_once().await.unwrap(),
+            Drained::Empty
+        ));
+    }
 }
