@@ -9,7 +9,8 @@
 # reads the statistics the aggregator section writes, so it brings it along).
 #
 # Knobs (environment): BENCH_SECONDS (10, per load run), BENCH_CONNECTIONS
-# (64), BENCH_HALF_CONNECTIONS (16, the fixed-rate runs), BENCH_WARMUP_SECONDS
+# (64), BENCH_INGEST_CONNECTIONS (128, the submission runs),
+# BENCH_HALF_CONNECTIONS (16, the fixed-rate runs), BENCH_WARMUP_SECONDS
 # (8, ingest's warm-up), BENCH_THREADS (2), BENCH_TOKENS (2000 student tokens), BENCH_EVENTS
 # (100000 events prefilled for the aggregator), BENCH_FRESH_RATE (5000/s),
 # BENCH_FRESH_SECONDS (10), BENCH_FRESH_COURSES (50).
@@ -34,6 +35,12 @@ CONNECTIONS=${BENCH_CONNECTIONS:-64}
 # showed a p99 of about 4 ms at that rate here, so the figure said more about
 # the generator than about query; at 16 its floor is about 1.5-2 ms.
 HALF_CONNECTIONS=${BENCH_HALF_CONNECTIONS:-16}
+# A submission is answered only once Kafka acknowledged it, so each connection
+# waits a broker round trip (2-4 ms here) per request: at 64 connections the
+# submission runs measured that wait, not ingest (the machine still had idle
+# CPU), and 256 gave no more than 128. The submission runs use 128; their
+# ceiling is the better of /healthz at 64 and at 128 connections.
+INGEST_CONNECTIONS=${BENCH_INGEST_CONNECTIONS:-128}
 WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-8}
 THREADS=${BENCH_THREADS:-2}
 TOKENS=${BENCH_TOKENS:-2000}
@@ -257,9 +264,11 @@ bench_ingest() {
   say "ingest: warm-up, then /healthz (ceiling) and /v1/feedback with Kafka up, ${LOAD_SECONDS}s each"
   # Long enough for the broker's JIT: right after Kafka starts, its CPU per
   # message is about twice what it is once warm.
-  LOAD_SECONDS=$WARMUP_SECONDS load ingest_warmup "$url" submit.lua "$WORK/students.txt" >/dev/null
+  LOAD_SECONDS=$WARMUP_SECONDS CONNECTIONS=$INGEST_CONNECTIONS \
+    load ingest_warmup "$url" submit.lua "$WORK/students.txt" >/dev/null
   load ingest_health "$url/healthz" get.lua -
-  load ingest_up "$url" submit.lua "$WORK/students.txt"
+  CONNECTIONS=$INGEST_CONNECTIONS load ingest_health_wide "$url/healthz" get.lua -
+  CONNECTIONS=$INGEST_CONNECTIONS load ingest_up "$url" submit.lua "$WORK/students.txt"
   read -r RSS_UP_HWM RSS_UP <<<"$(rss "$PID_ingest")"
   say "  ingest memory: VmRSS $RSS_UP MiB, VmHWM $RSS_UP_HWM MiB"
 }
@@ -328,7 +337,7 @@ bench_spooled() {
     post >/dev/null; waited=$((waited + 1))
   done
   say "  breaker open after $waited submissions; /v1/feedback spooled for ${LOAD_SECONDS}s"
-  load ingest_spooled "$url" submit.lua "$WORK/students.txt"
+  CONNECTIONS=$INGEST_CONNECTIONS load ingest_spooled "$url" submit.lua "$WORK/students.txt"
   read -r RSS_HWM RSS_SPOOLED <<<"$(rss "$PID_ingest")"
   SPOOL_DEPTH=$(readyz | jq -r '.checks.spool.depth')
   say "  spool depth $SPOOL_DEPTH; ingest memory VmRSS $RSS_SPOOLED MiB, VmHWM $RSS_HWM MiB; starting Kafka"
@@ -381,12 +390,15 @@ failures_row() {
 }
 
 table_ingest() {
-  local h=$WORK/ingest_health.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out
-  ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$(kv "$h" rps)" "req/s" 0.3
+  # h: /healthz at the submission runs' connections (their latency floor);
+  # ceiling: the better /healthz rate of the two connection counts.
+  local h=$WORK/ingest_health_wide.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out ceiling
+  ceiling=$(calc "($(kv "$WORK/ingest_health.out" rps) > $(kv "$h" rps)) ? $(kv "$WORK/ingest_health.out" rps) : $(kv "$h" rps)" 0)
+  ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$ceiling" "req/s" 0.3
   latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
   latency_row "ingest p99, Kafka up" "$(kv "$up" p99_ms)" "$(kv "$h" p99_ms)" -
   failures_row "ingest non-202, Kafka up" ingest_up
-  ratio_row "ingest spooled, Kafka down (vs /healthz)" "$(kv "$sp" good_rps)" "$(kv "$h" rps)" "req/s" 0.2
+  ratio_row "ingest spooled, Kafka down (vs /healthz)" "$(kv "$sp" good_rps)" "$ceiling" "req/s" 0.2
   latency_row "ingest p50, Kafka down" "$(kv "$sp" p50_ms)" "$(kv "$h" p50_ms)" -
   latency_row "ingest p99, Kafka down" "$(kv "$sp" p99_ms)" "$(kv "$h" p99_ms)" -
   failures_row "ingest non-202, Kafka down" ingest_spooled
@@ -437,8 +449,9 @@ table_query() {
 print_table() {
   echo
   echo "Benchmark $STAMP on $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1))."
-  echo "The load generators (wrk -t$THREADS -c$CONNECTIONS, oha -c$HALF_CONNECTIONS, feedback-bench) run on the same cores as the"
-  echo "services, Kafka, Redis and MariaDB: every ceiling is measured the same way in this run."
+  echo "The load generators (wrk -t$THREADS -c$CONNECTIONS and -c$INGEST_CONNECTIONS for submissions, oha -c$HALF_CONNECTIONS,"
+  echo "feedback-bench) run on the same cores as the services, Kafka, Redis and MariaDB: every ceiling is measured"
+  echo "the same way in this run; ingest's is the better /healthz of -c$CONNECTIONS and -c$INGEST_CONNECTIONS."
   echo
   {
     echo "measure|value|ceiling|ratio|target|ok?"
