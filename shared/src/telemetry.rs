@@ -1,5 +1,8 @@
 //! Structured logs with `tracing`: `RUST_LOG` filters (default `info`),
-//! `FEEDBACK_LOG_FORMAT=json` switches to JSON lines.
+//! `FEEDBACK_LOG_FORMAT=json` switches to JSON lines. Colours only on a
+//! terminal: a log file or `docker compose logs` gets plain text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,7 +12,8 @@ pub fn init() {
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = if crate::config::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
         builder.json().flatten_event(true).try_init()
     } else {
