@@ -1,0 +1,46 @@
+//! The shared Kafka broker killed -9 and restarted under a running
+//! aggregator. In a binary of its own: cargo runs test binaries one at a
+//! time, so no other test sees the broker go away.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use feedback_tests::{infra, Restart};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_killed_and_restarted_mid_stream_the_aggregator_resumes_and_counts_everything_once() {
+    let scenario = Scenario::new().await;
+    let events = random_events(21, 3000, 10, 300);
+    let (before, after) = events.split_at(events.len() / 2);
+    let aggregator = scenario.spawn_process();
+
+    produce(&scenario.topic, before).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        // Starts the broker again even if this test fails half-way.
+        let restart = Restart("kafka");
+        tokio::task::spawn_blocking(|| infra(&["kill", "kafka"]))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Dropping the guard starts the broker again and waits until it answers.
+        tokio::task::spawn_blocking(move || drop(restart))
+            .await
+            .unwrap();
+    }
+    produce(&scenario.topic, after).await;
+
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(120)).await;
+    // Filled after the outage, the hashes must then follow the live deltas.
+    fill_all(&scenario).await;
+    let more = random_events(22, 300, 10, 300);
+    assert_eq!(
+        produce_more_and_settle(&scenario, &events, &more, Duration::from_secs(60)).await,
+        10
+    );
+    let status = aggregator.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+}
