@@ -14,8 +14,7 @@ use std::time::Duration;
 use common::{config, TestIngest};
 use feedback_tests::error_of;
 use feedback_tests::{
-    consume_until, free_port, fresh_topic, infra, student, temp_dir, Consumed, Restart, JWT_SECRET,
-    OUTAGE,
+    consume_until, free_port, fresh_topic, student, temp_dir, Consumed, Restart, JWT_SECRET, OUTAGE,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -71,11 +70,7 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
         .collect();
 
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let restart = Restart("kafka");
-    tokio::task::spawn_blocking(|| infra(&["kill", "kafka"]))
-        .await
-        .unwrap()
-        .unwrap();
+    let restart = Restart::kill("kafka").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready_while_down: Value = ingest
         .client
@@ -86,9 +81,7 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
         .json()
         .await
         .unwrap();
-    tokio::task::spawn_blocking(move || drop(restart))
-        .await
-        .unwrap();
+    restart.start().await;
 
     let mut expected_order: HashMap<String, Vec<String>> = HashMap::new();
     let mut statuses: HashMap<String, usize> = HashMap::new();

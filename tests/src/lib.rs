@@ -149,6 +149,26 @@ pub fn infra(args: &[&str]) -> anyhow::Result<()> {
 /// Starts `service` again when dropped, so a failed fault test leaves the stack up.
 pub struct Restart(pub &'static str);
 
+impl Restart {
+    /// SIGKILLs the shared `service` (`scripts/infra.sh kill`); the guard
+    /// starts it again when dropped, or at [`Restart::start`].
+    pub async fn kill(service: &'static str) -> Self {
+        let guard = Restart(service);
+        tokio::task::spawn_blocking(move || infra(&["kill", service]))
+            .await
+            .expect("the kill task")
+            .expect("scripts/infra.sh kill");
+        guard
+    }
+
+    /// Starts the service again now and waits until it answers.
+    pub async fn start(self) {
+        tokio::task::spawn_blocking(move || drop(self))
+            .await
+            .expect("the start task");
+    }
+}
+
 impl Drop for Restart {
     fn drop(&mut self) {
         if let Err(err) = infra(&["start", self.0]) {

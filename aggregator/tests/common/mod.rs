@@ -191,13 +191,14 @@ impl AggregatorProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait: the graceful path.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM and wait: the graceful path, which must end in a clean exit.
+    pub fn terminate(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait().expect("waiting for the aggregator")
+        let status = self.child.wait().expect("waiting for the aggregator");
+        assert!(status.success(), "SIGTERM is a clean exit: {status}");
     }
 }
 
