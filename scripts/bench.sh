@@ -393,8 +393,9 @@ failures_row() {
 table_ingest() {
   # h: /healthz at the submission runs' connections (their latency floor);
   # ceiling: the better /healthz rate of the two connection counts.
-  local h=$WORK/ingest_health_wide.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out ceiling
-  ceiling=$(calc "($(kv "$WORK/ingest_health.out" rps) > $(kv "$h" rps)) ? $(kv "$WORK/ingest_health.out" rps) : $(kv "$h" rps)" 0)
+  local h=$WORK/ingest_health_wide.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out narrow wide ceiling
+  narrow=$(kv "$WORK/ingest_health.out" rps) wide=$(kv "$h" rps)
+  ceiling=$(calc "($narrow > $wide) ? $narrow : $wide" 0)
   ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$ceiling" "req/s" 0.3
   latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
   latency_row "ingest p99, Kafka up" "$(kv "$up" p99_ms)" "$(kv "$h" p99_ms)" -
