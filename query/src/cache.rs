@@ -1,6 +1,8 @@
 //! Course statistics: Redis first, MySQL behind it (cache-aside).
 //!
-//! - Hit: one HMGET of `feedback:course:{course_id}` answers (`source: cache`).
+//! - Hit: the hash `feedback:course:{course_id}` answers (`source: cache`):
+//!   kept in memory under Redis's client-side tracking (`tracking.rs`), else
+//!   one HMGET on the tracking connection, which then keeps it.
 //! - Miss: MySQL's `course_stats` row answers (`source: database`) and fills
 //!   the hash with `shared::cache::Scripts::fill`, which is version-guarded and
 //!   refuses a fill below a delta's floor, so a fill racing with the
@@ -23,6 +25,7 @@ use shared::domain::CourseId;
 
 use crate::db::{Db, Unavailable};
 use crate::redis_guard::GuardedRedis;
+use crate::tracking::Tracking;
 
 /// Which store answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,8 @@ impl Tally {
 /// What the read path did, since start.
 pub struct Counters {
     hits: Tally,
+    /// The hits answered from memory (`tracking.rs`), without asking Redis.
+    kept_hits: Tally,
     misses: Tally,
     fallbacks: Tally,
     loads: Tally,
@@ -92,6 +97,8 @@ pub struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
     pub hits: u64,
+    /// Of the hits, those answered from memory without asking Redis.
+    pub kept_hits: u64,
     pub misses: u64,
     /// Answered from MySQL because Redis was unavailable.
     pub fallbacks: u64,
@@ -103,6 +110,7 @@ impl Counters {
     fn new() -> Self {
         Self {
             hits: Tally::new("query_cache_hits_total"),
+            kept_hits: Tally::new("query_cache_kept_hits_total"),
             misses: Tally::new("query_cache_misses_total"),
             fallbacks: Tally::new("query_cache_fallbacks_total"),
             loads: Tally::new("query_mysql_loads_total"),
@@ -115,6 +123,7 @@ type Load = Shared<BoxFuture<'static, Result<StatsRow, Unavailable>>>;
 
 pub struct Stats {
     pub redis: Arc<GuardedRedis>,
+    tracking: Arc<Tracking>,
     scripts: Scripts,
     db: Db,
     ttl: Ttl,
@@ -124,9 +133,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn new(redis: Arc<GuardedRedis>, db: Db, ttl: Ttl) -> Self {
+    pub fn new(redis: Arc<GuardedRedis>, tracking: Arc<Tracking>, db: Db, ttl: Ttl) -> Self {
         Self {
             redis,
+            tracking,
             scripts: Scripts::new(),
             db,
             ttl,
@@ -138,6 +148,7 @@ impl Stats {
     pub fn counts(&self) -> Counts {
         Counts {
             hits: self.counters.hits.get(),
+            kept_hits: self.counters.kept_hits.get(),
             misses: self.counters.misses.get(),
             fallbacks: self.counters.fallbacks.get(),
             mysql_loads: self.counters.loads.get(),
@@ -150,9 +161,26 @@ impl Stats {
         course: &CourseId,
     ) -> Result<(StatsRow, Source), Unavailable> {
         let id = course.as_str();
+        if self.redis.healthy() {
+            if let Some(row) = self.tracking.get(id) {
+                self.counters.hits.add();
+                self.counters.kept_hits.add();
+                return Ok((row, Source::Cache));
+            }
+        }
+        let tracking = &self.tracking;
         let cached = self
             .redis
-            .call(|mut conn| async move { shared::cache::read(&mut conn, id).await })
+            .call(|mut conn| async move {
+                if tracking.enabled() {
+                    let read = tracking.read(id).await;
+                    // Refused just now: this Redis cannot track; read it the ordinary way.
+                    if read.is_ok() || tracking.enabled() {
+                        return read;
+                    }
+                }
+                shared::cache::read(&mut conn, id).await
+            })
             .await;
         match cached {
             Ok(Some(row)) => {

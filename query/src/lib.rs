@@ -39,6 +39,7 @@ pub mod params;
 pub mod redis_guard;
 pub mod stats;
 pub mod time_fmt;
+pub mod tracking;
 pub mod trend;
 pub mod warm;
 
@@ -97,7 +98,13 @@ impl Application {
             &config.redis_url,
             config.redis_timeout,
         )?);
-        let stats = Arc::new(Stats::new(redis, db.clone(), Ttl(config.cache_ttl_secs)));
+        let tracking = tracking::Tracking::new(&config.redis_url, config.redis_timeout)?;
+        let stats = Arc::new(Stats::new(
+            redis,
+            tracking,
+            db.clone(),
+            Ttl(config.cache_ttl_secs),
+        ));
         let state = AppState {
             keys,
             stats,

@@ -48,6 +48,11 @@ impl GuardedRedis {
         })
     }
 
+    /// True while the breaker is closed and the last call succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
     /// The breaker's state, for `/readyz`.
     pub fn state(&self) -> State {
         self.breaker.state()

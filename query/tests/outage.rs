@@ -28,6 +28,13 @@ async fn with_redis_killed_stats_come_from_mysql_and_the_cache_is_used_again_onc
     assert_eq!(query.stats_of("OUT1").await["source"], "cache");
 
     private.kill();
+    // The hash kept in memory goes as soon as the tracking connection sees Redis gone.
+    eventually(Duration::from_secs(2), "Redis's loss to be seen", || {
+        let query = &query;
+        async move { Ok((query.stats_of("OUT1").await["source"] == "database").then_some(())) }
+    })
+    .await
+    .unwrap();
     for _ in 0..5 {
         let stats = query.stats_of("OUT1").await;
         assert_eq!(stats["source"], "database");
@@ -130,5 +137,64 @@ async fn with_mysql_unreachable_cached_stats_are_served_and_the_rest_is_503_with
         query.get_as("/healthz", None).await.status(),
         StatusCode::OK
     );
+    query.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_tracking_still_serves_hits_reading_it_every_time() {
+    // An ACL that forbids CLIENT (so CLIENT TRACKING) to the default user.
+    let private = PrivateRedis::start_with(&[
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-client",
+    ])
+    .await
+    .expect("a private redis-server");
+    let (mysql_url, _) = fresh_stores().await;
+    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let seeded = query.seed().stats("NOTRACK", [1, 1, 1, 1, 1], 5).await;
+    assert_eq!(query.stats_of("NOTRACK").await["source"], "database");
+    for _ in 0..3 {
+        let stats = query.stats_of("NOTRACK").await;
+        assert_eq!(
+            (stats["source"].as_str(), figures(&stats)),
+            (Some("cache"), expected(&seeded))
+        );
+    }
+    let counts = query.stats.counts();
+    assert_eq!((counts.hits, counts.kept_hits, counts.fallbacks), (3, 0, 0));
+    let (status, body) = readyz(&query).await;
+    assert_eq!(
+        (status, &body["checks"]["redis"]["breaker"]),
+        (StatusCode::OK, &serde_json::json!("closed"))
+    );
+    query.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_stops_the_kept_hashes_from_answering_within_seconds() {
+    let private = PrivateRedis::start().await.expect("a private redis-server");
+    let (mysql_url, _) = fresh_stores().await;
+    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let before = query.seed().stats("HUNG", [0, 0, 0, 1, 1], 2).await;
+    assert_eq!(query.stats_of("HUNG").await["source"], "database");
+    assert_eq!(query.stats_of("HUNG").await["source"], "cache");
+    assert_eq!(query.stats_of("HUNG").await["source"], "cache");
+    assert_eq!(query.stats.counts().kept_hits, 1);
+
+    // Redis hangs, and MySQL moves on meanwhile (the aggregator cannot reach Redis).
+    private.freeze(true);
+    let after = query.seed().stats("HUNG", [0, 0, 0, 1, 4], 5).await;
+    // Within a heartbeat (1 s) and a timeout (the test's 250 ms), give or take.
+    let stats = eventually(Duration::from_secs(5), "MySQL to answer", || {
+        let query = &query;
+        async move {
+            let stats = query.stats_of("HUNG").await;
+            Ok((stats["source"] == "database").then_some(stats))
+        }
+    })
+    .await;
+    private.freeze(false);
+    let stats = stats.unwrap();
+    assert_eq!(figures(&stats), expected(&after));
+    assert_ne!(figures(&stats), expected(&before));
     query.shutdown().await;
 }

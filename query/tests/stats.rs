@@ -117,6 +117,75 @@ async fn a_late_fill_loses_to_a_delta_that_got_there_first() {
 }
 
 #[tokio::test]
+async fn a_hash_is_kept_in_memory_until_redis_says_it_changed_expired_or_was_flushed() {
+    let query = TestQuery::spawn().await;
+    let v5 = query.seed().stats("KEPT", [0, 0, 1, 2, 2], 5).await;
+    assert_eq!(query.stats_of("KEPT").await["source"], "database");
+    // The first hit reads Redis on the tracking connection and keeps the hash;
+    // the ones after it are answered from memory.
+    for _ in 0..3 {
+        let stats = query.stats_of("KEPT").await;
+        assert_eq!(
+            (stats["source"].as_str(), figures(&stats)),
+            (Some("cache"), expected(&v5))
+        );
+    }
+    let counts = query.stats.counts();
+    assert_eq!((counts.hits, counts.kept_hits), (3, 2));
+
+    // The aggregator's delta 5 → 6 changes the hash: Redis invalidates the kept copy.
+    let v6 = query.seed().stats("KEPT", [0, 0, 1, 2, 3], 6).await;
+    let mut redis = query.redis().await;
+    let applied = Scripts::new()
+        .apply(&mut redis, &[delta("KEPT", 5, 5)])
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![Applied::Applied]);
+    let want = expected(&v6);
+    let stats = eventually(Duration::from_secs(2), "the delta's numbers", || {
+        let query = &query;
+        async move {
+            let stats = query.stats_of("KEPT").await;
+            Ok((figures(&stats) == want).then_some(stats))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stats["source"], "cache");
+    let kept_before = query.stats.counts().kept_hits;
+    assert_eq!(figures(&query.stats_of("KEPT").await), expected(&v6));
+    assert_eq!(
+        query.stats.counts().kept_hits,
+        kept_before + 1,
+        "kept again"
+    );
+
+    // The hash expires: the kept copy goes with it and MySQL answers.
+    let _: () = redis
+        .pexpire(shared::cache::course_key("KEPT"), 1)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), "the expiry to be seen", || {
+        let query = &query;
+        async move { Ok((query.stats_of("KEPT").await["source"] == "database").then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // A flush of the database forgets every kept hash at once.
+    assert_eq!(query.stats_of("KEPT").await["source"], "cache");
+    assert_eq!(query.stats_of("KEPT").await["source"], "cache");
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+    eventually(Duration::from_secs(2), "the flush to be seen", || {
+        let query = &query;
+        async move { Ok((query.stats_of("KEPT").await["source"] == "database").then_some(())) }
+    })
+    .await
+    .unwrap();
+    query.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_delta_that_found_no_hash_leaves_a_floor_that_refuses_a_stale_fill() {
     let query = TestQuery::spawn().await;
     query.seed().stats("FLOOR", [2, 0, 0, 0, 3], 5).await;

@@ -262,14 +262,22 @@ pub struct PrivateRedis {
     pub port: u16,
     /// The running server, `None` while killed.
     child: Option<std::process::Child>,
+    /// Configuration given on its command line, on top of the defaults.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
     /// Starts one and waits until it answers PING.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `redis-server` arguments (`["--maxmemory", "1mb"]`).
+    pub async fn start_with(args: &[&str]) -> anyhow::Result<Self> {
         let mut redis = Self {
             port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         redis.restart().await?;
         Ok(redis)
@@ -285,6 +293,18 @@ impl PrivateRedis {
         kill_child(&mut self.child);
     }
 
+    /// SIGSTOPs it (`true`) or SIGCONTs it (`false`): a hung Redis that
+    /// keeps its connections open but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let status = std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            assert!(matches!(status, Ok(s) if s.success()), "kill {signal}");
+        }
+    }
+
     /// Starts it again, empty, on the same port, and waits until it answers.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
@@ -292,6 +312,7 @@ impl PrivateRedis {
         let child = std::process::Command::new(binary)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting redis-server (is scripts/infra.sh up?)")?;
