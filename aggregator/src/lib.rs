@@ -150,6 +150,7 @@ impl Application {
             cache: self.cache,
             dead_letters: self.dead_letters,
             health: self.health,
+            advisory: worker::AdvisoryCommits::default(),
         });
         worker::run(shared.clone(), self.rebalances, stop_rx).await;
         shared.consumer.unsubscribe();

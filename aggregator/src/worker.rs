@@ -4,7 +4,8 @@
 //! partition (`partition % lanes`). Each lane collects up to
 //! `FEEDBACK_BATCH_SIZE` messages or waits `FEEDBACK_BATCH_LINGER_MS`, then
 //! commits them in one MySQL transaction (`sink.rs`), applies the deltas to
-//! Redis (`cache.rs`) and commits the offsets to Kafka (advisory). Lanes run
+//! Redis (`cache.rs`) and records the offsets for Kafka (advisory, committed at
+//! most once a second: see [`AdvisoryCommits`]). Lanes run
 //! concurrently; a partition always belongs to the same lane, so its
 //! transactions commit in offset order, and lanes never share a course (the
 //! topic is keyed by course).
@@ -21,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -45,6 +46,74 @@ pub(crate) struct Shared {
     pub cache: Arc<CacheWriter>,
     pub dead_letters: DeadLetters,
     pub health: Arc<Health>,
+    pub advisory: AdvisoryCommits,
+}
+
+/// How often the advisory offsets go to Kafka at most.
+const ADVISORY_EVERY: Duration = Duration::from_secs(1);
+
+/// The offsets committed to Kafka, which are advisory: they let tools (lag
+/// monitors, `kafka-consumer-groups`) see progress, while MySQL's offsets are
+/// what a new owner resumes from. One commit per batch, hundreds a second,
+/// cost the broker more CPU than serving the messages themselves, so the
+/// lanes record their offsets here and one commit a second carries them.
+#[derive(Default)]
+pub(crate) struct AdvisoryCommits {
+    pending: Mutex<Advisory>,
+}
+
+#[derive(Default)]
+struct Advisory {
+    /// The next offset per partition, not yet sent.
+    next: BTreeMap<i32, i64>,
+    last_sent: Option<Instant>,
+}
+
+impl AdvisoryCommits {
+    /// Records a committed batch's offsets.
+    fn record(&self, consumed: &BTreeMap<i32, i64>) {
+        let mut pending = self.lock();
+        for (partition, last) in consumed {
+            let next = pending.next.entry(*partition).or_insert(last + 1);
+            *next = (*next).max(last + 1);
+        }
+    }
+
+    /// Sends what is pending if a second has passed since the last commit
+    /// (after each batch, and on the router's tick so that the last batches
+    /// before a quiet spell reach Kafka too).
+    fn send_when_due(&self, shared: &Shared) {
+        let due = {
+            let mut pending = self.lock();
+            let recent = pending
+                .last_sent
+                .is_some_and(|at| at.elapsed() < ADVISORY_EVERY);
+            if pending.next.is_empty() || recent {
+                return;
+            }
+            pending.last_sent = Some(Instant::now());
+            std::mem::take(&mut pending.next)
+        };
+        commit_to_kafka(shared, &due);
+    }
+
+    /// Forgets what is pending for partitions this consumer no longer owns.
+    fn revoke(&self, partitions: &HashSet<i32>) {
+        self.lock().next.retain(|p, _| !partitions.contains(p));
+    }
+
+    /// Sends whatever is pending (at shutdown; closing the consumer then
+    /// waits for it, as it did for every batch's commit before).
+    fn flush(&self, shared: &Shared) {
+        let next = std::mem::take(&mut self.lock().next);
+        if !next.is_empty() {
+            commit_to_kafka(shared, &next);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Advisory> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 enum LaneInput {
@@ -129,6 +198,7 @@ pub(crate) async fn run(
                 if apply_rebalances(&shared, &mut rebalances, &lanes) {
                     paused = false;
                 }
+                shared.advisory.send_when_due(&shared);
             }
         }
         if failing != paused {
@@ -140,6 +210,7 @@ pub(crate) async fn run(
         drop(lane.tx);
         let _ = lane.task.await;
     }
+    shared.advisory.flush(&shared);
 }
 
 /// Passes revocations down every lane's queue and keeps `/readyz`'s count.
@@ -154,6 +225,7 @@ fn apply_rebalances(
         match event {
             Rebalanced::Revoked(partitions) => {
                 let partitions: HashSet<i32> = partitions.into_iter().collect();
+                shared.advisory.revoke(&partitions);
                 for lane in lanes.iter() {
                     let _ = lane.tx.send(LaneInput::Revoked(partitions.clone()));
                 }
@@ -354,7 +426,8 @@ async fn commit(
         tracing::info!(lane = index, "MySQL reachable again: lane resumed");
     }
     shared.cache.apply(&committed.deltas).await;
-    commit_to_kafka(shared, &chunk.consumed);
+    shared.advisory.record(&chunk.consumed);
+    shared.advisory.send_when_due(shared);
 
     metrics::histogram!("aggregator_batch_size").record(chunk.messages as f64);
     metrics::histogram!("aggregator_batch_duration_seconds")
@@ -371,15 +444,12 @@ async fn commit(
     true
 }
 
-/// Advisory: lets tools see progress; MySQL's offsets are what resumes.
-fn commit_to_kafka(shared: &Shared, consumed: &BTreeMap<i32, i64>) {
+/// Commits `next` (the next offset per partition) to Kafka, asynchronously.
+fn commit_to_kafka(shared: &Shared, next: &BTreeMap<i32, i64>) {
     let mut offsets = TopicPartitionList::new();
-    for (partition, last) in consumed {
-        let _ = offsets.add_partition_offset(
-            &shared.config.topic,
-            *partition,
-            Offset::Offset(last + 1),
-        );
+    for (partition, next) in next {
+        let _ =
+            offsets.add_partition_offset(&shared.config.topic, *partition, Offset::Offset(*next));
     }
     if let Err(err) = shared.consumer.commit(&offsets, CommitMode::Async) {
         tracing::debug!(%err, "advisory Kafka commit failed");

@@ -312,3 +312,68 @@ async fn dlq_reasons(topic: &str) -> Vec<String> {
     }
     reasons
 }
+
+/// The group's offsets in Kafka (advisory), per partition that has one.
+fn kafka_committed(scenario: &Scenario) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    // Same group id, never subscribed: it reads the group's offsets without joining it.
+    let consumer: BaseConsumer = shared::kafka::client_config(&feedback_tests::kafka_brokers())
+        .set("group.id", &scenario.group)
+        .create()
+        .expect("a consumer");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..6 {
+        partitions.add_partition(&scenario.topic, partition);
+    }
+    consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .expect("the group's offsets")
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(next) => Some((e.partition(), next)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_groups_offsets_in_kafka_catch_up_with_mysqls_while_running_and_at_shutdown() {
+    let scenario = Scenario::new().await;
+    let events = random_events(7, 1200, 30, 300);
+    let aggregator = scenario.spawn().await;
+    produce(&scenario.topic, &events).await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(60)).await;
+    let pool = scenario.mysql().await;
+    let in_mysql: BTreeMap<i32, i64> = sink::stored_offsets(&pool, &scenario.topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(in_mysql.values().sum::<i64>(), 1200, "{in_mysql:?}");
+
+    // While it runs: the advisory commit (at most one a second) catches up.
+    let scenario_ref = &scenario;
+    let want = in_mysql.clone();
+    feedback_tests::eventually(Duration::from_secs(10), "Kafka's offsets", || {
+        let want = want.clone();
+        async move { Ok((kafka_committed(scenario_ref) == want).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // A last batch just before shutdown still reaches Kafka: the shutdown sends what is pending.
+    let more = random_events(8, 60, 30, 300);
+    produce(&scenario.topic, &more).await;
+    let mut all = events.clone();
+    all.extend(more);
+    assert_counted(&scenario.mysql_url, &all, Duration::from_secs(60)).await;
+    aggregator.shutdown().await;
+    let in_mysql: BTreeMap<i32, i64> = sink::stored_offsets(&pool, &scenario.topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(in_mysql.values().sum::<i64>(), 1260);
+    assert_eq!(kafka_committed(&scenario), in_mysql);
+}
