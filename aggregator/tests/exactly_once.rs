@@ -313,6 +313,15 @@ async fn dlq_reasons(topic: &str) -> Vec<String> {
     reasons
 }
 
+/// The next offsets MySQL records for `scenario`'s topic, by partition.
+async fn mysql_offsets(pool: &mysql_async::Pool, scenario: &Scenario) -> BTreeMap<i32, i64> {
+    sink::stored_offsets(pool, &scenario.topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 /// The group's offsets in Kafka (advisory), per partition that has one.
 fn kafka_committed(scenario: &Scenario) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -345,11 +354,7 @@ async fn the_groups_offsets_in_kafka_catch_up_with_mysqls_while_running_and_at_s
     produce(&scenario.topic, &events).await;
     assert_counted(&scenario.mysql_url, &events, Duration::from_secs(60)).await;
     let pool = scenario.mysql().await;
-    let in_mysql: BTreeMap<i32, i64> = sink::stored_offsets(&pool, &scenario.topic)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let in_mysql = mysql_offsets(&pool, &scenario).await;
     assert_eq!(in_mysql.values().sum::<i64>(), 1200, "{in_mysql:?}");
 
     // While it runs: the advisory commit (at most one a second) catches up.
@@ -369,11 +374,7 @@ async fn the_groups_offsets_in_kafka_catch_up_with_mysqls_while_running_and_at_s
     all.extend(more);
     assert_counted(&scenario.mysql_url, &all, Duration::from_secs(60)).await;
     aggregator.shutdown().await;
-    let in_mysql: BTreeMap<i32, i64> = sink::stored_offsets(&pool, &scenario.topic)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let in_mysql = mysql_offsets(&pool, &scenario).await;
     assert_eq!(in_mysql.values().sum::<i64>(), 1260);
     assert_eq!(kafka_committed(&scenario), in_mysql);
 }

@@ -320,6 +320,7 @@ mod tests {
     use super::*;
     use crate::store::tests::tempdir;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
     use shared::breaker::State;
 
     fn record(i: usize) -> SpooledRecord {
@@ -328,6 +329,24 @@ mod tests {
             payload: format!("{{\"n\":{i}}}").into_bytes(),
             request_id: format!("r{i}"),
         }
+    }
+
+    /// A pipeline producing to `topic` on the mock cluster.
+    fn on_mock(
+        mock: &MockCluster<'_, DefaultProducerContext>,
+        topic: &str,
+        store: Store,
+    ) -> Arc<Pipeline> {
+        Pipeline::new(
+            PipelineConfig {
+                brokers: mock.bootstrap_servers(),
+                topic: topic.into(),
+                delivery_timeout: Duration::from_millis(1500),
+                drain_batch: 500,
+            },
+            store,
+        )
+        .unwrap()
     }
 
     /// Waits out the breaker's cool-down, so the next drain round probes.
@@ -345,16 +364,7 @@ mod tests {
         for i in 0..5 {
             store.append(record(i)).await.unwrap();
         }
-        let pipeline = Pipeline::new(
-            PipelineConfig {
-                brokers: mock.bootstrap_servers(),
-                topic: "spool-probe".into(),
-                delivery_timeout: Duration::from_millis(1500),
-                drain_batch: 500,
-            },
-            store,
-        )
-        .unwrap();
+        let pipeline = on_mock(&mock, "spool-probe", store);
 
         mock.broker_down(1).unwrap();
         pipeline.breaker.trip();
@@ -415,16 +425,7 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("fatal", 2, 1).unwrap();
         let store = Store::open(&tempdir(), 1 << 20).unwrap();
-        let pipeline = Pipeline::new(
-            PipelineConfig {
-                brokers: mock.bootstrap_servers(),
-                topic: "fatal".into(),
-                delivery_timeout: Duration::from_millis(1500),
-                drain_batch: 500,
-            },
-            store,
-        )
-        .unwrap();
+        let pipeline = on_mock(&mock, "fatal", store);
         assert_eq!(pipeline.submit(record(0)).await.unwrap(), Outcome::Accepted);
 
         let dead = pipeline.producer();

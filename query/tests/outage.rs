@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, expected, figures, fresh_stores, TestQuery};
 use feedback_tests::error_of;
-use feedback_tests::{eventually, PrivateRedis};
+use feedback_tests::PrivateRedis;
 use reqwest::StatusCode;
 use serde_json::Value;
 use shared::cache::Scripts;
@@ -29,12 +29,15 @@ async fn with_redis_killed_stats_come_from_mysql_and_the_cache_is_used_again_onc
 
     private.kill();
     // The hash kept in memory goes as soon as the tracking connection sees Redis gone.
-    eventually(Duration::from_secs(2), "Redis's loss to be seen", || {
-        let query = &query;
-        async move { Ok((query.stats_of("OUT1").await["source"] == "database").then_some(())) }
-    })
-    .await
-    .unwrap();
+    query
+        .stats_when(
+            "OUT1",
+            Duration::from_secs(2),
+            "Redis's loss to be seen",
+            |s| s["source"] == "database",
+        )
+        .await
+        .unwrap();
     for _ in 0..5 {
         let stats = query.stats_of("OUT1").await;
         assert_eq!(stats["source"], "database");
@@ -68,15 +71,15 @@ async fn with_redis_killed_stats_come_from_mysql_and_the_cache_is_used_again_onc
 
     // Redis comes back empty: a probe closes the breaker, a miss refills, hits follow.
     private.restart().await.unwrap();
-    let stats = eventually(Duration::from_secs(20), "the cache to answer again", || {
-        let query = &query;
-        async move {
-            let stats = query.stats_of("OUT1").await;
-            Ok((stats["source"] == "cache").then_some(stats))
-        }
-    })
-    .await
-    .unwrap();
+    let stats = query
+        .stats_when(
+            "OUT1",
+            Duration::from_secs(20),
+            "the cache to answer again",
+            |s| s["source"] == "cache",
+        )
+        .await
+        .unwrap();
     assert_eq!(figures(&stats), expected(&after));
     let (status, body) = readyz(&query).await;
     assert_eq!(status, StatusCode::OK);
@@ -184,14 +187,11 @@ async fn a_hung_redis_stops_the_kept_hashes_from_answering_within_seconds() {
     private.freeze(true);
     let after = query.seed().stats("HUNG", [0, 0, 0, 1, 4], 5).await;
     // Within a heartbeat (1 s) and a timeout (the test's 250 ms), give or take.
-    let stats = eventually(Duration::from_secs(5), "MySQL to answer", || {
-        let query = &query;
-        async move {
-            let stats = query.stats_of("HUNG").await;
-            Ok((stats["source"] == "database").then_some(stats))
-        }
-    })
-    .await;
+    let stats = query
+        .stats_when("HUNG", Duration::from_secs(5), "MySQL to answer", |s| {
+            s["source"] == "database"
+        })
+        .await;
     private.freeze(false);
     let stats = stats.unwrap();
     assert_eq!(figures(&stats), expected(&after));

@@ -141,16 +141,12 @@ async fn a_hash_is_kept_in_memory_until_redis_says_it_changed_expired_or_was_flu
         .await
         .unwrap();
     assert_eq!(applied, vec![Applied::Applied]);
-    let want = expected(&v6);
-    let stats = eventually(Duration::from_secs(2), "the delta's numbers", || {
-        let query = &query;
-        async move {
-            let stats = query.stats_of("KEPT").await;
-            Ok((figures(&stats) == want).then_some(stats))
-        }
-    })
-    .await
-    .unwrap();
+    let stats = query
+        .stats_when("KEPT", Duration::from_secs(2), "the delta's numbers", |s| {
+            figures(s) == expected(&v6)
+        })
+        .await
+        .unwrap();
     assert_eq!(stats["source"], "cache");
     let kept_before = query.stats.counts().kept_hits;
     assert_eq!(figures(&query.stats_of("KEPT").await), expected(&v6));
@@ -165,23 +161,29 @@ async fn a_hash_is_kept_in_memory_until_redis_says_it_changed_expired_or_was_flu
         .pexpire(shared::cache::course_key("KEPT"), 1)
         .await
         .unwrap();
-    eventually(Duration::from_secs(2), "the expiry to be seen", || {
-        let query = &query;
-        async move { Ok((query.stats_of("KEPT").await["source"] == "database").then_some(())) }
-    })
-    .await
-    .unwrap();
+    query
+        .stats_when(
+            "KEPT",
+            Duration::from_secs(2),
+            "the expiry to be seen",
+            |s| s["source"] == "database",
+        )
+        .await
+        .unwrap();
 
     // A flush of the database forgets every kept hash at once.
     assert_eq!(query.stats_of("KEPT").await["source"], "cache");
     assert_eq!(query.stats_of("KEPT").await["source"], "cache");
     let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
-    eventually(Duration::from_secs(2), "the flush to be seen", || {
-        let query = &query;
-        async move { Ok((query.stats_of("KEPT").await["source"] == "database").then_some(())) }
-    })
-    .await
-    .unwrap();
+    query
+        .stats_when(
+            "KEPT",
+            Duration::from_secs(2),
+            "the flush to be seen",
+            |s| s["source"] == "database",
+        )
+        .await
+        .unwrap();
     query.shutdown().await;
 }
 

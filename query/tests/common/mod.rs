@@ -105,6 +105,23 @@ impl TestQuery {
         self.json(&format!("/v1/courses/{course}/stats")).await
     }
 
+    /// Asks for a course's stats until `done` holds for them (within
+    /// `limit`), and returns those; `what` names the wait in the error.
+    pub async fn stats_when(
+        &self,
+        course: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let done = &done;
+        feedback_tests::eventually(limit, what, || async move {
+            let stats = self.stats_of(course).await;
+            Ok(done(&stats).then_some(stats))
+        })
+        .await
+    }
+
     /// A Redis connection to the service's database.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())
