@@ -337,9 +337,10 @@ bench_query() {
   HALF_RATE=$(calc "$(kv "$WORK/query_stats.out" rps) / 2" 0)
   if [[ $OHA == 1 ]]; then
     say "query at half load ($HALF_RATE req/s, fixed rate with oha): stats, then /healthz as its floor"
-    route_buckets "$url" "/v1/courses/{course_id}/stats" >"$WORK/query_half.before"
+    local route="/v1/courses/{course_id}/stats"
+    route_buckets "$url" "$route" >"$WORK/query_half.before"
     oha_run query_half "$HALF_RATE" "$url/v1/courses/BENCH-C00(0[0-9]|1[0-9])/stats" "$ADMIN_TOKEN"
-    route_buckets "$url" "/v1/courses/{course_id}/stats" >"$WORK/query_half.after"
+    route_buckets "$url" "$route" >"$WORK/query_half.after"
     # What query itself took (its own histogram): the rest of the p99 is the
     # kernel, the scheduler and the load generator on the same cores.
     echo "inside_p99_ms=$(bucket_p99 "$WORK/query_half.before" "$WORK/query_half.after")" >>"$WORK/query_half.out"
