@@ -49,11 +49,13 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
     let _serial = OUTAGE.lock().await;
     let ingest = std::sync::Arc::new(TestIngest::spawn().await);
     let courses = ["OUT-A", "OUT-B", "OUT-C", "OUT-D"];
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = courses
         .iter()
         .map(|course| {
             let ingest = ingest.clone();
             let course = course.to_string();
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 for i in 0..60 {
@@ -61,6 +63,9 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
                     let response = ingest.post(&student(&format!("{course}-s{i}")), &body).await;
                     assert_eq!(response.status(), StatusCode::ACCEPTED, "{course} #{i}");
                     let answer: Value = response.json().await.unwrap();
+                    if answer["status"] == "accepted" {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     answers.push((answer["feedback_id"].as_str().unwrap().to_owned(), answer["status"].as_str().unwrap().to_owned()));
                     tokio::time::sleep(Duration::from_millis(40)).await;
                 }
@@ -69,7 +74,23 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Kill the broker once submissions are flowing straight to Kafka (a fixed
+    // 600 ms was sometimes shorter than the first acknowledgement took).
+    feedback_tests::eventually(
+        Duration::from_secs(30),
+        "submissions accepted by Kafka",
+        || {
+            let accepted = accepted.clone();
+            async move {
+                Ok(
+                    (accepted.load(std::sync::atomic::Ordering::SeqCst) >= courses.len())
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await
+    .unwrap();
     let restart = Restart::kill("kafka").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready_while_down: Value = ingest
