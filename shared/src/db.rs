@@ -75,6 +75,11 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(mysql_async::PoolConstraints::new(1, 32).expect("1 <= 32"))
+                // Idle connections stay in the pool for a minute. Without a TTL
+                // mysql_async keeps only `min` (1) idle and closes every other
+                // returned connection: the aggregator's lanes reconnected (TCP,
+                // socket, init) and prepared their statements anew every few batches.
+                .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
                 // Keep each connection's prepared statements when it returns to
                 // the pool (a reset drops them, doubling the aggregator's round trips).
                 .with_reset_connection(false),
