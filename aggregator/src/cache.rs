@@ -151,6 +151,10 @@ impl CacheWriter {
 
     /// Compares courses changed in the last `window` with Redis and repairs
     /// hashes that lag behind MySQL. Returns how many were repaired.
+    ///
+    /// `updated_at` has no index (see `shared::db`): the statement scans
+    /// `course_stats`, one row per course, rather than every stats update
+    /// paying for an index entry.
     pub async fn reconcile(&self, window: Duration) -> anyhow::Result<usize> {
         let since = shared::event::now_micros() - window;
         let rows: Vec<StatsColumns> = {

@@ -1,10 +1,15 @@
 //! `GET /v1/courses/{course_id}/feedback?limit=&cursor=`: a course's current
 //! responses, newest first, in pages.
 //!
-//! Keyset pagination on `(submitted_at, feedback_id)`, the order of the index
-//! `idx_current_course_submitted (course_id, submitted_at, feedback_id)`, so
-//! each page is a backward range scan of that index from the cursor: no
-//! OFFSET, no sort, and a page costs the same at row 10 or row 10 million.
+//! Keyset pagination on `(submitted_at, feedback_id)`, the order of the
+//! history's index `idx_events_course_submitted (course_id, submitted_at)`
+//! (InnoDB appends the primary key, `feedback_id`), so each page is a backward
+//! range scan of that index from the cursor, joined to `current_responses` by
+//! primary key to keep only current responses: no OFFSET, no sort, and a page
+//! costs the same at row 10 or row 10 million. A page steps over the
+//! course's superseded submissions in its range (each a key lookup); the
+//! current-response table keeps no listing index of its own, which would
+//! cost the aggregator a second index write for every counted rating.
 //! The row comparison is written out (`a < x OR (a = x AND b < y)`) because
 //! MariaDB and MySQL both turn that form into an index range.
 //!
@@ -81,6 +86,32 @@ impl Item {
     }
 }
 
+/// The statement for a page: a cursor adds the keyset condition. Binds
+/// `course_id`, then (with a cursor) `submitted_at` twice and `feedback_id`,
+/// then the limit.
+///
+/// The history's index `(course_id, submitted_at)` holds the primary key
+/// `feedback_id` as well, so scanning it backwards from the cursor yields
+/// `(submitted_at, feedback_id)` descending without a sort. Each entry is kept
+/// when `current_responses` names it as its student's current response (a
+/// primary-key lookup), so a superseded submission is stepped over.
+pub fn page_sql(with_cursor: bool) -> String {
+    format!(
+        "SELECT e.feedback_id, e.rating, e.comment, {}
+         FROM feedback_events e FORCE INDEX (idx_events_course_submitted)
+         STRAIGHT_JOIN current_responses c
+           ON c.course_id = e.course_id AND c.student_key = e.student_key AND c.feedback_id = e.feedback_id
+         WHERE e.course_id = ? {}
+         ORDER BY e.submitted_at DESC, e.feedback_id DESC LIMIT ?",
+        shared::db::micros("e.submitted_at"),
+        if with_cursor {
+            "AND (e.submitted_at < ? OR (e.submitted_at = ? AND e.feedback_id < ?))"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Up to `limit` current responses of `course_id` older than `after`, newest first.
 pub async fn page<Q: Queryable>(
     conn: &mut Q,
@@ -88,23 +119,15 @@ pub async fn page<Q: Queryable>(
     after: Option<&Cursor>,
     limit: u32,
 ) -> mysql_async::Result<Vec<Item>> {
-    let select = format!(
-        "SELECT feedback_id, rating, comment, {} FROM current_responses WHERE course_id = ?",
-        shared::db::micros("submitted_at")
-    );
-    let order = "ORDER BY submitted_at DESC, feedback_id DESC LIMIT ?";
     let rows: Vec<(String, u8, Option<String>, i64)> = match after {
-        None => {
-            conn.exec(format!("{select} {order}"), (course_id, limit))
-                .await?
-        }
+        None => conn.exec(page_sql(false), (course_id, limit)).await?,
         Some(cursor) => {
             let at = shared::db::datetime(shared::db::from_micros(cursor.submitted_at_micros));
-            let sql = format!(
-                "{select} AND (submitted_at < ? OR (submitted_at = ? AND feedback_id < ?)) {order}"
-            );
-            conn.exec(sql, (course_id, &at, &at, &cursor.feedback_id, limit))
-                .await?
+            conn.exec(
+                page_sql(true),
+                (course_id, &at, &at, &cursor.feedback_id, limit),
+            )
+            .await?
         }
     };
     Ok(rows

@@ -11,7 +11,8 @@
 //!   `feedback:course:{course_id}` (one HMGET); on a miss from MySQL's
 //!   `course_stats`, filling Redis with the version-guarded fill and a
 //!   jittered TTL; concurrent misses share one MySQL read.
-//! - `comments.rs` (keyset pages of `current_responses`), `export.rs` (the same
+//! - `comments.rs` (keyset pages of current responses, along the history's
+//!   `(course_id, submitted_at)` index), `export.rs` (the same
 //!   as streamed CSV), `trend.rs` (per day or week), `courses.rs` (most responses first).
 //! - `warm.rs`: the pre-warm at start and `query rebuild-cache`.
 //! - `admin.html`: the dashboard at `/admin`, self-contained.

@@ -43,6 +43,20 @@ async fn paging_with_the_cursor_yields_every_current_response_exactly_once_newes
     let query = TestQuery::spawn().await;
     let rows = responses(237, "page");
     query.seed().responses("PAGED", &rows).await;
+    // Every third student also has an earlier, superseded submission in the
+    // history, timed among the others' current ones: never listed.
+    let superseded: Vec<Response> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+        .map(|(i, r)| Response {
+            feedback_id: ulid::Ulid::new().to_string(),
+            comment: Some(format!("superseded {i}")),
+            submitted_at: rows[i.saturating_sub(7)].submitted_at.clone(),
+            ..r.clone()
+        })
+        .collect();
+    query.seed().history("PAGED", &superseded).await;
     query
         .seed()
         .responses("OTHER", &responses(20, "other"))
@@ -93,7 +107,7 @@ async fn paging_with_the_cursor_yields_every_current_response_exactly_once_newes
     assert_eq!(
         seen,
         newest_first(&rows),
-        "every response once, newest first"
+        "every current response once, newest first, no superseded one"
     );
     query.shutdown().await;
 }
@@ -133,16 +147,18 @@ async fn a_cursor_query_is_an_index_range_scan_without_a_sort() {
     conn.query_drop("ANALYZE TABLE current_responses")
         .await
         .unwrap();
+    conn.query_drop("ANALYZE TABLE feedback_events")
+        .await
+        .unwrap();
     let plan: Vec<mysql_async::Row> = conn
         .exec(
-            "EXPLAIN SELECT feedback_id, rating, comment, submitted_at FROM current_responses
-             WHERE course_id = ? AND (submitted_at < ? OR (submitted_at = ? AND feedback_id < ?))
-             ORDER BY submitted_at DESC, feedback_id DESC LIMIT 51",
+            format!("EXPLAIN {}", ::query::comments::page_sql(true)),
             (
                 "PLAN",
                 "2026-11-01 01:00:00",
                 "2026-11-01 01:00:00",
                 "01JC0000000000000000000000",
+                51,
             ),
         )
         .await
@@ -151,9 +167,11 @@ async fn a_cursor_query_is_an_index_range_scan_without_a_sort() {
     let extra: Option<String> = plan[0].get("Extra");
     assert_eq!(
         key.as_deref(),
-        Some("idx_current_course_submitted"),
+        Some("idx_events_course_submitted"),
         "{extra:?}"
     );
+    let current_key: Option<String> = plan[1].get("key");
+    assert_eq!(current_key.as_deref(), Some("PRIMARY"), "{plan:?}");
     assert!(!extra.unwrap_or_default().contains("filesort"));
     query.shutdown().await;
 }
@@ -315,4 +333,90 @@ async fn bad_limits_and_cursors_are_refused_in_the_contract_format() {
         );
     }
     query.shutdown().await;
+}
+
+#[tokio::test]
+async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_it_no_longer_keeps() {
+    let url = feedback_tests::fresh_mysql_database().await.unwrap();
+    let pool = mysql_async::Pool::new(url.as_str());
+    let mut conn = pool.get_conn().await.unwrap();
+    // current_responses and course_stats as earlier versions created them.
+    conn.query_drop(
+        "CREATE TABLE current_responses (
+            course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+            student_key CHAR(64) COLLATE utf8mb4_bin NOT NULL,
+            feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
+            rating TINYINT UNSIGNED NOT NULL,
+            comment TEXT NULL,
+            submitted_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (course_id, student_key),
+            INDEX idx_current_course_submitted (course_id, submitted_at, feedback_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "CREATE TABLE course_stats (
+            course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+            responses BIGINT NOT NULL DEFAULT 0,
+            rating_sum BIGINT NOT NULL DEFAULT 0,
+            rating_1 BIGINT NOT NULL DEFAULT 0,
+            rating_2 BIGINT NOT NULL DEFAULT 0,
+            rating_3 BIGINT NOT NULL DEFAULT 0,
+            rating_4 BIGINT NOT NULL DEFAULT 0,
+            rating_5 BIGINT NOT NULL DEFAULT 0,
+            version BIGINT NOT NULL DEFAULT 0,
+            updated_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (course_id),
+            INDEX idx_stats_responses (responses),
+            INDEX idx_stats_updated (updated_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "INSERT INTO current_responses VALUES
+           ('OLD1', REPEAT('a', 64), '01JC0000000000000000000000', 4, 'kept', '2026-11-01 10:00:00')",
+    )
+    .await
+    .unwrap();
+    const INDEXES: &str = "SELECT DISTINCT CONCAT(table_name, '.', index_name)
+        FROM information_schema.statistics
+        WHERE table_schema = DATABASE() AND table_name IN ('current_responses', 'course_stats')";
+    let indexes =
+        |names: &[&str]| -> HashSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    let found: HashSet<String> = conn.query(INDEXES).await.unwrap().into_iter().collect();
+    assert_eq!(
+        found,
+        indexes(&[
+            "current_responses.PRIMARY",
+            "current_responses.idx_current_course_submitted",
+            "course_stats.PRIMARY",
+            "course_stats.idx_stats_responses",
+            "course_stats.idx_stats_updated",
+        ])
+    );
+
+    // Twice: the second run finds nothing to do. Concurrently too, as the
+    // aggregator and query both migrate at start.
+    let (a, b) = tokio::join!(shared::db::migrate(&url), shared::db::migrate(&url));
+    a.unwrap();
+    b.unwrap();
+    shared::db::migrate(&url).await.unwrap();
+    let found: HashSet<String> = conn.query(INDEXES).await.unwrap().into_iter().collect();
+    assert_eq!(
+        found,
+        indexes(&[
+            "current_responses.PRIMARY",
+            "course_stats.PRIMARY",
+            "course_stats.idx_stats_responses",
+        ])
+    );
+    let kept: Vec<(String, u8)> = conn
+        .query("SELECT course_id, rating FROM current_responses")
+        .await
+        .unwrap();
+    assert_eq!(kept, [("OLD1".to_owned(), 4)], "the rows stay");
+    drop(conn);
+    pool.disconnect().await.unwrap();
 }

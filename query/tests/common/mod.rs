@@ -225,8 +225,10 @@ impl Seed {
         }
     }
 
-    /// Inserts current responses of `course`, 500 per statement.
+    /// Inserts current responses of `course`, 500 per statement: each in the
+    /// history (`feedback_events`) and as its student's current response.
     pub async fn responses(&self, course: &str, rows: &[Response]) {
+        self.history(course, rows).await;
         let mut conn = self.pool.get_conn().await.unwrap();
         for chunk in rows.chunks(500) {
             let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -243,6 +245,33 @@ impl Seed {
                 format!(
                     "INSERT INTO current_responses
                      (course_id, student_key, feedback_id, rating, comment, submitted_at) VALUES {values}"
+                ),
+                params,
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    /// Inserts submissions of `course` into the history only: superseded
+    /// ones, whose students' current responses are others.
+    pub async fn history(&self, course: &str, rows: &[Response]) {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        for chunk in rows.chunks(500) {
+            let values = vec!["(?, ?, ?, ?, ?, ?, 0, 0)"; chunk.len()].join(", ");
+            let mut params: Vec<mysql_async::Value> = Vec::new();
+            for r in chunk {
+                params.push(r.feedback_id.as_str().into());
+                params.push(course.into());
+                params.push(r.student_key.as_str().into());
+                params.push(r.rating.into());
+                params.push(r.comment.clone().into());
+                params.push(r.submitted_at.as_str().into());
+            }
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO feedback_events (feedback_id, course_id, student_key, rating, comment,
+                       submitted_at, kafka_partition, kafka_offset) VALUES {values}"
                 ),
                 params,
             )
