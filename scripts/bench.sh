@@ -158,6 +158,20 @@ CPU_WHO=()
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
+# settle WHAT: waits (at most 30 s) until the machine is under 10 % busy over
+# a second, so a measurement does not share the cores with the tail of the
+# previous one (Kafka was still at a quarter of a core after the ingest runs).
+settle() {
+  local waited=0 a b busy
+  while (( waited < 30 )); do
+    read -r -a a <<<"$(machine_ticks)"; sleep 1; read -r -a b <<<"$(machine_ticks)"
+    waited=$((waited + 1))
+    busy=$(calc "100 * (${b[0]} - ${a[0]}) / (${b[1]} - ${a[1]} + 0.0001)" 0)
+    (( busy < 10 )) && break
+  done
+  say "  machine ${busy}% busy before $1 (waited ${waited}s)"
+}
+
 cpu_start() {
   CPU_WHO=("$@" "kafka=$(listener 9092)" "mariadb=$(listener 3306)" "redis=$(listener 6379)")
   local who
@@ -298,6 +312,7 @@ bench_aggregator() {
   # the two: a single connection committing every 100 rows waits on each
   # commit's fsync, and one run swung between 34k and 90k rows/s here within
   # minutes, while the drain (three connections, group commit) moved far less.
+  settle "the aggregator ceiling"
   say "aggregator ceiling: MariaDB plain INSERTs, 100 rows each, one transaction per batch, $EVENTS rows"
   "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 >"$WORK/ceiling_before.out"
   say "  $(kv "$WORK/ceiling_before.out" rate) rows/s"
@@ -342,6 +357,7 @@ bench_query() {
   say "query: $warm of $STATS_COURSES courses answered from Redis; /healthz (ceiling) and stats, ${LOAD_SECONDS}s each"
   (( warm == STATS_COURSES )) || say "  warning: some stats are not cache hits"
   LOAD_SECONDS=2 load query_warmup "$url" get.lua "$ADMIN_TOKEN" "${paths[@]}" >/dev/null
+  settle "query's runs"
   load query_health "$url/healthz" get.lua -
   load query_stats "$url" get.lua "$ADMIN_TOKEN" "${paths[@]}"
   HALF_RATE=$(calc "$(kv "$WORK/query_stats.out" rps) / 2" 0)
