@@ -198,3 +198,43 @@ async fn a_hung_redis_stops_the_kept_hashes_from_answering_within_seconds() {
     assert_ne!(figures(&stats), expected(&before));
     query.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_left_idle_in_the_pool_across_a_mysql_restart_fail_no_work() {
+    // The pool keeps idle connections for a minute (shared::db::pool): after a
+    // restart they are all dead, and checking one out must replace it rather
+    // than hand it to a request.
+    let mut mysql = feedback_tests::PrivateMysql::start().await.unwrap();
+    let pool = shared::db::pool(&mysql.url("mysql")).unwrap();
+    let held = futures::future::try_join_all((0..6).map(|_| pool.get_conn()))
+        .await
+        .unwrap();
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = pool.get_conn().await.unwrap();
+    let connected: Option<(String, i64)> = mysql_async::prelude::Queryable::query_first(
+        &mut conn,
+        "SHOW GLOBAL STATUS LIKE 'Threads_connected'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        connected.unwrap().1,
+        6,
+        "the six stay open, idle in the pool"
+    );
+    drop(conn);
+    mysql.kill();
+    mysql.restart().await.unwrap();
+    for n in 0..8 {
+        let mut conn = pool
+            .get_conn()
+            .await
+            .unwrap_or_else(|e| panic!("checkout {n}: {e}"));
+        let one: Option<i64> = mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("query {n}: {e}"));
+        assert_eq!(one, Some(1));
+    }
+    pool.disconnect().await.unwrap();
+}
