@@ -159,8 +159,8 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
 # settle WHAT: waits (at most 30 s) until the machine is under 10 % busy over
-# a second, so a measurement does not share the cores with the tail of the
-# previous one (Kafka was still at a quarter of a core after the ingest runs).
+# a second, so a measurement starts on idle cores, not during the tail of the
+# previous one.
 settle() {
   local waited=0 a b busy
   while (( waited < 30 )); do
@@ -309,9 +309,9 @@ bench_aggregator() {
   "$BENCH" prefill --topic "$TOPIC_AGG" --count "$EVENTS" --courses 200 --students 20000 >"$WORK/prefill.out"
   say "  produced at $(kv "$WORK/prefill.out" rate)/s"
   # The ceiling runs before and after the drain and the table uses the mean of
-  # the two: a single connection committing every 100 rows waits on each
-  # commit's fsync, and one run swung between 34k and 90k rows/s here within
-  # minutes, while the drain (three connections, group commit) moved far less.
+  # the two: on this VM one run of it swung between 34k and 90k rows/s within
+  # minutes (the drain between 19k and 34k events/s), so one reading taken
+  # before the drain could flatter or sink the ratio on its own.
   settle "the aggregator ceiling"
   say "aggregator ceiling: MariaDB plain INSERTs, 100 rows each, one transaction per batch, $EVENTS rows"
   "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 >"$WORK/ceiling_before.out"

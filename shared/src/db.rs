@@ -66,8 +66,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// Indexes earlier versions created and this one no longer keeps: each cost
 /// the aggregator an index write per counted rating or per changed course,
-/// and together about a quarter of MariaDB's work per event (the benchmark's
-/// drain: about 37 µs of MariaDB CPU per event with them, 28 without).
+/// together about a fifth of MariaDB's work per event (the benchmark's drain,
+/// runs minutes apart: 34–43 µs of MariaDB CPU per event with them, 27–33
+/// without).
 ///
 /// - `current_responses (course_id, submitted_at, feedback_id)` served the
 ///   listings; they now read the history's `(course_id, submitted_at)` index,
