@@ -21,8 +21,7 @@ async fn readyz(query: &TestQuery) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_killed_stats_come_from_mysql_and_the_cache_is_used_again_once_it_is_back() {
     let mut private = PrivateRedis::start().await.expect("a private redis-server");
-    let (mysql_url, _) = fresh_stores().await;
-    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let query = TestQuery::spawn_on_redis(&private.url(0)).await;
     let before = query.seed().stats("OUT1", [0, 1, 1, 1, 1], 4).await;
     assert_eq!(query.stats_of("OUT1").await["source"], "database");
     assert_eq!(query.stats_of("OUT1").await["source"], "cache");
@@ -151,8 +150,7 @@ async fn a_redis_that_refuses_tracking_still_serves_hits_reading_it_every_time()
     ])
     .await
     .expect("a private redis-server");
-    let (mysql_url, _) = fresh_stores().await;
-    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let query = TestQuery::spawn_on_redis(&private.url(0)).await;
     let seeded = query.seed().stats("NOTRACK", [1, 1, 1, 1, 1], 5).await;
     assert_eq!(query.stats_of("NOTRACK").await["source"], "database");
     for _ in 0..3 {
@@ -175,8 +173,7 @@ async fn a_redis_that_refuses_tracking_still_serves_hits_reading_it_every_time()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_redis_stops_the_kept_hashes_from_answering_within_seconds() {
     let private = PrivateRedis::start().await.expect("a private redis-server");
-    let (mysql_url, _) = fresh_stores().await;
-    let query = TestQuery::spawn_with(config(&mysql_url, &private.url(0))).await;
+    let query = TestQuery::spawn_on_redis(&private.url(0)).await;
     let before = query.seed().stats("HUNG", [0, 0, 0, 1, 1], 2).await;
     assert_eq!(query.stats_of("HUNG").await["source"], "database");
     assert_eq!(query.stats_of("HUNG").await["source"], "cache");

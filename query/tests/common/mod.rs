@@ -57,6 +57,12 @@ impl TestQuery {
         Self::spawn_with(config(&mysql_url, &redis_url)).await
     }
 
+    /// A query on a fresh MySQL database and on `redis_url` (a private Redis).
+    pub async fn spawn_on_redis(redis_url: &str) -> Self {
+        let (mysql_url, _) = fresh_stores().await;
+        Self::spawn_with(config(&mysql_url, redis_url)).await
+    }
+
     pub async fn spawn_with(config: Config) -> Self {
         let mysql_url = config.mysql_url.clone();
         let redis_url = config.redis_url.clone();
@@ -225,54 +231,40 @@ impl Seed {
         }
     }
 
-    /// Inserts current responses of `course`, 500 per statement: each in the
-    /// history (`feedback_events`) and as its student's current response.
+    /// Inserts current responses of `course`: each in the history
+    /// (`feedback_events`) and as its student's current response.
     pub async fn responses(&self, course: &str, rows: &[Response]) {
         self.history(course, rows).await;
-        let mut conn = self.pool.get_conn().await.unwrap();
-        for chunk in rows.chunks(500) {
-            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let mut params: Vec<mysql_async::Value> = Vec::new();
-            for r in chunk {
-                params.push(course.into());
-                params.push(r.student_key.as_str().into());
-                params.push(r.feedback_id.as_str().into());
-                params.push(r.rating.into());
-                params.push(r.comment.clone().into());
-                params.push(r.submitted_at.as_str().into());
-            }
-            conn.exec_drop(
-                format!(
-                    "INSERT INTO current_responses
-                     (course_id, student_key, feedback_id, rating, comment, submitted_at) VALUES {values}"
-                ),
-                params,
-            )
-            .await
-            .unwrap();
-        }
+        self.insert("current_responses", ("", ""), course, rows)
+            .await;
     }
 
     /// Inserts submissions of `course` into the history only: superseded
     /// ones, whose students' current responses are others.
     pub async fn history(&self, course: &str, rows: &[Response]) {
+        let position = (", kafka_partition, kafka_offset", ", 0, 0");
+        self.insert("feedback_events", position, course, rows).await;
+    }
+
+    /// Inserts `rows` into `table`, 500 per statement: the columns both tables
+    /// share, then `extra` (more columns, and their values for every row).
+    async fn insert(&self, table: &str, extra: (&str, &str), course: &str, rows: &[Response]) {
+        let (extra_columns, extra_values) = extra;
+        let columns = "course_id, student_key, feedback_id, rating, comment, submitted_at";
         let mut conn = self.pool.get_conn().await.unwrap();
         for chunk in rows.chunks(500) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, 0, 0)"; chunk.len()].join(", ");
+            let values = vec![format!("(?, ?, ?, ?, ?, ?{extra_values})"); chunk.len()].join(", ");
             let mut params: Vec<mysql_async::Value> = Vec::new();
             for r in chunk {
-                params.push(r.feedback_id.as_str().into());
                 params.push(course.into());
                 params.push(r.student_key.as_str().into());
+                params.push(r.feedback_id.as_str().into());
                 params.push(r.rating.into());
                 params.push(r.comment.clone().into());
                 params.push(r.submitted_at.as_str().into());
             }
             conn.exec_drop(
-                format!(
-                    "INSERT INTO feedback_events (feedback_id, course_id, student_key, rating, comment,
-                       submitted_at, kafka_partition, kafka_offset) VALUES {values}"
-                ),
+                format!("INSERT INTO {table} ({columns}{extra_columns}) VALUES {values}"),
                 params,
             )
             .await
