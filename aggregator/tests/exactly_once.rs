@@ -127,11 +127,90 @@ fn batch(
     (received, BTreeMap::from([(0, last)]))
 }
 
+/// The current row of every (course, student): (student_key, feedback_id, rating).
+async fn current_rows(pool: &mysql_async::Pool) -> Vec<(String, String, u8)> {
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query(
+        "SELECT student_key, feedback_id, rating FROM current_responses ORDER BY student_key",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the_rule() {
+    let scenario = Scenario::new().await;
+    shared::db::migrate(&scenario.mysql_url).await.unwrap();
+    let pool = scenario.mysql().await;
+    // Three students, each one's first rating of course CS000.
+    let first = random_events(11, 3, 1, 1_000_000);
+    let (received, consumed) = batch(&first, 0);
+    let committed = sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(committed.applied, 3);
+    let mut want: Vec<(String, String, u8)> = first
+        .iter()
+        .map(|e| {
+            let key = e.student_key.as_str().to_owned();
+            (key, e.feedback_id.to_string(), e.rating.get())
+        })
+        .collect();
+    want.sort();
+    assert_eq!(current_rows(&pool).await, want);
+
+    // The second batch: the first student again, later (replaces); the second
+    // again, earlier (never counts); a fourth student for the first time.
+    let mut later = first[0].clone();
+    later.feedback_id = shared::domain::FeedbackId::generate();
+    later.submitted_at += time::Duration::seconds(1);
+    later.rating =
+        shared::domain::Rating::parse(if first[0].rating.get() == 5 { 1 } else { 5 }).unwrap();
+    let mut earlier = first[1].clone();
+    earlier.feedback_id = shared::domain::FeedbackId::generate();
+    earlier.submitted_at -= time::Duration::seconds(1);
+    let fourth = random_events(12, 1, 1, 1_000_000).remove(0);
+    let second = vec![later.clone(), earlier, fourth.clone()];
+    let (received, consumed) = batch(&second, 3);
+    let committed = sink::commit(&pool, &scenario.topic, &received, &consumed)
+        .await
+        .unwrap();
+    assert_eq!(committed.applied, 3, "all three are new to the history");
+    let replaced = want
+        .iter()
+        .position(|r| r.0 == later.student_key.as_str())
+        .unwrap();
+    want[replaced] = (
+        later.student_key.as_str().to_owned(),
+        later.feedback_id.to_string(),
+        later.rating.get(),
+    );
+    want.push((
+        fourth.student_key.as_str().to_owned(),
+        fourth.feedback_id.to_string(),
+        fourth.rating.get(),
+    ));
+    want.sort();
+    assert_eq!(current_rows(&pool).await, want);
+    let delta = &committed.deltas[..];
+    assert_eq!(delta.len(), 1);
+    assert_eq!((delta[0].from_version, delta[0].to_version), (1, 2));
+    assert_eq!(
+        delta[0].responses, 1,
+        "only the fourth student is a new response"
+    );
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    wait_for_mysql(&scenario.mysql_url, &expected(&all), Duration::from_secs(1)).await;
+    assert_mysql_consistent(&scenario.mysql_url, &all).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_committed_twice_is_applied_once() {
     let scenario = Scenario::new().await;
     shared::db::migrate(&scenario.mysql_url).await.unwrap();
-    let pool = scenario.mysql().await;
+    // The service's own pool, from a URL asking for found rows: duplicates are
+    // told by affected rows, which the pool keeps counting changed rows only.
+    let pool = shared::db::pool(&format!("{}?client_found_rows=true", scenario.mysql_url)).unwrap();
     let events = random_events(4, 150, 3, 40);
     let (received, consumed) = batch(&events, 0);
 

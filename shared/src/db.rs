@@ -119,6 +119,10 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let opts = OptsBuilder::from_opts(opts)
         // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
         .init(vec!["SET time_zone = '+00:00'"])
+        // Affected rows count only rows inserted or changed (an `ON DUPLICATE
+        // KEY UPDATE` that changes nothing counts 0), whatever the URL asks
+        // for: the aggregator tells a duplicate event from a new one that way.
+        .client_found_rows(false)
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(mysql_async::PoolConstraints::new(1, 32).expect("1 <= 32"))
