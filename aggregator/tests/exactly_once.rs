@@ -127,6 +127,33 @@ fn batch(
     (received, BTreeMap::from([(0, last)]))
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_sessions_are_repeatable_read_on_a_server_defaulting_to_read_committed() {
+    let mysql =
+        feedback_tests::PrivateMysql::start_with(&["--transaction-isolation=READ-COMMITTED"])
+            .await
+            .unwrap();
+    let url = mysql.url("isolation");
+    shared::db::migrate(&url).await.unwrap();
+    let level = |pool: mysql_async::Pool| async move {
+        let mut conn = pool.get_conn().await.unwrap();
+        // MariaDB's name for it; MySQL 8 calls it transaction_isolation.
+        let level: Option<String> = conn.query_first("SELECT @@tx_isolation").await.unwrap();
+        drop(conn);
+        pool.disconnect().await.unwrap();
+        level.unwrap()
+    };
+    assert_eq!(
+        level(mysql_async::Pool::new(url.as_str())).await,
+        "READ-COMMITTED",
+        "the server's default"
+    );
+    assert_eq!(
+        level(shared::db::pool(&url).unwrap()).await,
+        "REPEATABLE-READ"
+    );
+}
+
 /// The current row of every (course, student): (student_key, feedback_id, rating).
 async fn current_rows(pool: &mysql_async::Pool) -> Vec<(String, String, u8)> {
     let mut conn = pool.get_conn().await.unwrap();

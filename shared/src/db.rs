@@ -118,7 +118,14 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
     let opts = OptsBuilder::from_opts(opts)
         // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
-        .init(vec!["SET time_zone = '+00:00'"])
+        .init(vec![
+            "SET time_zone = '+00:00'",
+            // The aggregator's exactly-once argument needs REPEATABLE READ's
+            // gap locks (a locking read of a row that is not there yet, such
+            // as a new partition's offset, must hold off a second writer), so
+            // a server defaulting to READ COMMITTED does not get to choose.
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        ])
         // Affected rows count only rows inserted or changed (an `ON DUPLICATE
         // KEY UPDATE` that changes nothing counts 0), whatever the URL asks
         // for: the aggregator tells a duplicate event from a new one that way.

@@ -352,11 +352,18 @@ pub struct PrivateMysql {
     dir: std::path::PathBuf,
     /// The running server, `None` while stopped.
     child: Option<std::process::Child>,
+    /// Configuration given on its command line, on top of the defaults.
+    args: Vec<String>,
 }
 
 impl PrivateMysql {
     /// Initialises a data directory, starts the server and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `mariadbd` options (`["--transaction-isolation=READ-COMMITTED"]`).
+    pub async fn start_with(args: &[&str]) -> anyhow::Result<Self> {
         let dir = temp_dir("fbtest-mysql");
         let status = std::process::Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
@@ -370,6 +377,7 @@ impl PrivateMysql {
             port: free_port(),
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         mysql.restart().await?;
         Ok(mysql)
@@ -414,6 +422,7 @@ impl PrivateMysql {
                 "--character-set-server=utf8mb4",
                 "--collation-server=utf8mb4_unicode_ci",
             ])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
