@@ -117,8 +117,8 @@ async fn drop_index(conn: &mut mysql_async::Conn, table: &str, index: &str) -> a
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
     let opts = OptsBuilder::from_opts(opts)
-        // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
         .init(vec![
+            // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
             "SET time_zone = '+00:00'",
             // The aggregator's exactly-once argument needs REPEATABLE READ's
             // gap locks (a locking read of a row that is not there yet, such
