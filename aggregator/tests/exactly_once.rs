@@ -154,6 +154,15 @@ async fn the_services_sessions_are_repeatable_read_on_a_server_defaulting_to_rea
     );
 }
 
+/// A current row as `current_rows` reads it: (student_key, feedback_id, rating).
+fn row_of(event: &shared::event::FeedbackSubmitted) -> (String, String, u8) {
+    (
+        event.student_key.as_str().to_owned(),
+        event.feedback_id.to_string(),
+        event.rating.get(),
+    )
+}
+
 /// The current row of every (course, student): (student_key, feedback_id, rating).
 async fn current_rows(pool: &mysql_async::Pool) -> Vec<(String, String, u8)> {
     let mut conn = pool.get_conn().await.unwrap();
@@ -176,13 +185,7 @@ async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the
         .await
         .unwrap();
     assert_eq!(committed.applied, 3);
-    let mut want: Vec<(String, String, u8)> = first
-        .iter()
-        .map(|e| {
-            let key = e.student_key.as_str().to_owned();
-            (key, e.feedback_id.to_string(), e.rating.get())
-        })
-        .collect();
+    let mut want: Vec<(String, String, u8)> = first.iter().map(row_of).collect();
     want.sort();
     assert_eq!(current_rows(&pool).await, want);
 
@@ -207,16 +210,8 @@ async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the
         .iter()
         .position(|r| r.0 == later.student_key.as_str())
         .unwrap();
-    want[replaced] = (
-        later.student_key.as_str().to_owned(),
-        later.feedback_id.to_string(),
-        later.rating.get(),
-    );
-    want.push((
-        fourth.student_key.as_str().to_owned(),
-        fourth.feedback_id.to_string(),
-        fourth.rating.get(),
-    ));
+    want[replaced] = row_of(&later);
+    want.push(row_of(&fourth));
     want.sort();
     assert_eq!(current_rows(&pool).await, want);
     let delta = &committed.deltas[..];
