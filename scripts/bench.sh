@@ -260,6 +260,23 @@ bucket_p99() {
       if (le[i] == "+Inf") print "inf"; else printf "%g\n", le[i] * 1000; exit } }'
 }
 
+# batch_steps URL: the aggregator's mean milliseconds per batch step so far
+# (aggregator_batch_step_seconds on URL/metrics), one "step=ms" line each, in
+# the order a batch takes them.
+batch_steps() {
+  curl -fsS "$1/metrics" | awk '
+    /^aggregator_batch_step_seconds_(sum|count)\{/ {
+      match($0, /step="[^"]+"/); step = substr($0, RSTART + 6, RLENGTH - 7)
+      if ($0 ~ /_sum\{/) sum[step] = $NF; else count[step] = $NF }
+    END { n = split("begin offsets_lock history current_read counting current_write stats offsets_record commit redis", order, " ")
+      for (i = 1; i <= n; i++) if (count[order[i]] > 0) printf "%s=%.2f\n", order[i], sum[order[i]] / count[order[i]] * 1000 }'
+}
+
+# steps_line FILE: "begin 0.12, offsets_lock 0.20, history 1.20, ..." from batch_steps' output.
+steps_line() {
+  awk -F= '{ printf "%s%s %s", sep, $1, $2; sep = ", " }' "$1"
+}
+
 # ---------------------------------------------------------------- sections ----
 prepare() {
   say "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)," \
@@ -328,6 +345,8 @@ bench_aggregator() {
   say "  $(kv "$WORK/drain.out" rate) events/s over $(kv "$WORK/drain.out" seconds)s" \
     "(start-up and group join before it: $(kv "$WORK/drain.out" startup_seconds)s)"
   say "    cpu: $(cpu_report)"
+  batch_steps "http://127.0.0.1:$AGG_PORT" >"$WORK/steps.out"
+  say "  a batch's mean ms per step: $(steps_line "$WORK/steps.out")"
   say "aggregator ceiling again, right after the drain (the aggregator idle)"
   "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 >"$WORK/ceiling_after.out"
   local before after
@@ -478,6 +497,10 @@ table_ingest() {
 
 table_aggregator() {
   ratio_row "aggregator events (vs MariaDB INSERTs)" "$(kv "$WORK/drain.out" rate)" "$(kv "$WORK/ceiling.out" rate)" "rows/s" 0.5
+  # The ceiling's whole batch is one INSERT and a commit, like the history step.
+  row "  drain batch: all steps; the history" \
+    "$(awk -F= '{ t += $2 } END { printf "%.2f ms", t }' "$WORK/steps.out"); $(kv "$WORK/steps.out" history) ms" \
+    "$(calc "100000 / $(kv "$WORK/ceiling.out" rate)" 2) ms a batch" - - -
   local fr=$WORK/fresh.out
   latency_row "freshness p50 @ $(kv "$fr" produce_rate)/s produced" "$(kv "$fr" p50_ms)" - -
   latency_row "freshness p99 @ $(kv "$fr" produce_rate)/s produced" "$(kv "$fr" p99_ms)" - 500

@@ -14,7 +14,7 @@
 //! Redis is updated only after the commit (see `cache.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Pool, TxOpts, Value};
@@ -90,13 +90,16 @@ pub async fn commit(
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
 ) -> Result<Committed, SinkError> {
+    let mut steps = Steps::start();
     let mut conn = connect(pool).await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    steps.lap("begin");
     // One clock reading for the batch: MySQL's updated_at and the deltas' agree.
     let now_at = shared::event::now_micros();
     let now = datetime(now_at);
 
     let next = locked_offsets(&mut tx, topic, consumed.keys().copied()).await?;
+    steps.lap("offsets_lock");
     let mut seen = HashSet::new();
     let fresh: Vec<&Received> = events
         .iter()
@@ -104,15 +107,22 @@ pub async fn commit(
         .filter(|r| seen.insert(r.event.feedback_id))
         .collect();
     let new = insert_history(&mut tx, &fresh, now_at).await?;
+    steps.lap("history");
 
     let existing = locked_current(&mut tx, &new).await?;
+    steps.lap("current_read");
     let decoded = events.len();
     let events: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
     let outcome = counting::apply(existing, &events);
+    steps.lap("counting");
     upsert_current(&mut tx, &outcome.writes).await?;
+    steps.lap("current_write");
     let deltas = update_stats(&mut tx, &outcome.changes, now_at).await?;
+    steps.lap("stats");
     record_offsets(&mut tx, topic, consumed, &now).await?;
+    steps.lap("offsets_record");
     tx.commit().await?;
+    steps.lap("commit");
 
     Ok(Committed {
         applied: new.len(),
@@ -120,6 +130,29 @@ pub async fn commit(
         duplicates: decoded - new.len(),
         deltas,
     })
+}
+
+/// Times a batch's steps into `aggregator_batch_step_seconds{step}`, so that
+/// where a batch's time goes (each statement, the commit, Redis after it) can
+/// be read off `/metrics`; the benchmark prints the means beside its ceiling.
+pub(crate) struct Steps {
+    last: Instant,
+}
+
+impl Steps {
+    pub(crate) fn start() -> Self {
+        Self {
+            last: Instant::now(),
+        }
+    }
+
+    /// Records the time since the previous lap (or the start) as `step`.
+    pub(crate) fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!("aggregator_batch_step_seconds", "step" => step)
+            .record((now - self.last).as_secs_f64());
+        self.last = now;
+    }
 }
 
 /// Locks the partitions' offset rows; returns each one's next offset.

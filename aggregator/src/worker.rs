@@ -425,7 +425,9 @@ async fn commit(
         shared.health.failing_lanes.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(lane = index, "MySQL reachable again: lane resumed");
     }
+    let mut steps = sink::Steps::start();
     shared.cache.apply(&committed.deltas).await;
+    steps.lap("redis");
     shared.advisory.record(&chunk.consumed);
     shared.advisory.send_when_due(shared);
 

@@ -49,6 +49,25 @@ async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count
         metric(&page, "aggregator_batch_size_count") > 0.0,
         "batch sizes recorded"
     );
+    // Where a batch's time goes, step by step (the benchmark prints the means).
+    for step in [
+        "begin",
+        "offsets_lock",
+        "history",
+        "current_read",
+        "counting",
+        "current_write",
+        "stats",
+        "offsets_record",
+        "commit",
+        "redis",
+    ] {
+        let series = format!("aggregator_batch_step_seconds_count{{step=\"{step}\"}}");
+        let count = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok());
+        assert!(count >= Some(1.0), "step {step} timed: {count:?}");
+    }
     aggregator.shutdown().await;
 }
 
