@@ -28,6 +28,11 @@ use crate::AppState;
 pub const MAX_DAYS: i64 = 366;
 /// The default range in days, today included.
 pub const DEFAULT_DAYS: i64 = 30;
+/// The days `from` and `to` may name: MySQL's `DATETIME` starts at
+/// 1000-01-01 and ends on 9999-12-31, and a range ends at the midnight after
+/// `to`. (Outside them the date arithmetic below would overflow.)
+pub const FIRST_DAY: Date = time::macros::date!(1000 - 01 - 01);
+pub const LAST_DAY: Date = time::macros::date!(9999 - 12 - 30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,7 +93,8 @@ impl Range {
     pub fn parse(params: &Params, today: Date) -> Result<Self, ApiError> {
         let bucket = Bucket::parse(params.get("bucket"))?;
         let to = date(params, "to")?.unwrap_or(today);
-        let from = date(params, "from")?.unwrap_or(to - Duration::days(DEFAULT_DAYS - 1));
+        let from =
+            date(params, "from")?.unwrap_or((to - Duration::days(DEFAULT_DAYS - 1)).max(FIRST_DAY));
         if from > to {
             return Err(
                 ApiError::unprocessable("invalid_value", "from must not be after to")
@@ -111,7 +117,10 @@ impl Range {
         let mut start = self.bucket.start_of(self.from);
         while start <= self.to {
             starts.push(start);
-            start += self.bucket.step();
+            match start.checked_add(self.bucket.step()) {
+                Some(next) => start = next,
+                None => break,
+            }
         }
         starts
     }
@@ -122,13 +131,18 @@ fn date(params: &Params, field: &'static str) -> Result<Option<Date>, ApiError> 
     params
         .get(field)
         .map(|raw| {
-            Date::parse(raw.trim(), &format).map_err(|_| {
-                ApiError::unprocessable(
-                    "invalid_value",
-                    format!("{field} must be a date, YYYY-MM-DD"),
-                )
-                .with_field(field)
-            })
+            Date::parse(raw.trim(), &format)
+                .ok()
+                .filter(|day| (FIRST_DAY..=LAST_DAY).contains(day))
+                .ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "invalid_value",
+                        format!(
+                            "{field} must be a date, YYYY-MM-DD, from {FIRST_DAY} to {LAST_DAY}"
+                        ),
+                    )
+                    .with_field(field)
+                })
         })
         .transpose()
 }
@@ -169,7 +183,9 @@ pub async fn trend(
     let rows: Vec<(String, i64, i64)> = db
         .within(async {
             let mut conn = db.conn().await?;
-            let bounds = (midnight(range.from), midnight(range.to + Duration::days(1)));
+            // `to` is at most LAST_DAY, so the day after it exists.
+            let until = range.to.next_day().unwrap_or(Date::MAX);
+            let bounds = (midnight(range.from), midnight(until));
             Ok(conn
                 .exec(sql, (course.as_str(), bounds.0, bounds.1))
                 .await?)
@@ -256,6 +272,9 @@ mod tests {
             (vec![("to", "yesterday")], "to"),
             (vec![("from", "2026-11-10"), ("to", "2026-11-09")], "from"),
             (vec![("from", "2025-11-29"), ("to", "2026-11-30")], "from"),
+            (vec![("to", "9999-12-31")], "to"),
+            (vec![("from", "0999-12-31"), ("to", "1000-01-02")], "from"),
+            (vec![("to", "-0001-01-01")], "to"),
         ] {
             let err = Range::parse(&params(&pairs), today).unwrap_err();
             assert_eq!(
@@ -267,5 +286,34 @@ mod tests {
         }
         let year = params(&[("from", "2025-11-30"), ("to", "2026-11-30")]);
         assert_eq!(Range::parse(&year, today).unwrap().starts().len(), 366);
+    }
+
+    #[test]
+    fn the_first_and_last_days_allowed_make_ranges_without_overflow() {
+        let today = date!(2026 - 11 - 30);
+        // 9999-12-27 is a Monday: the next week would start after time's last day.
+        let last = params(&[
+            ("bucket", "week"),
+            ("from", "9999-12-20"),
+            ("to", "9999-12-30"),
+        ]);
+        let range = Range::parse(&last, today).unwrap();
+        assert_eq!(
+            range.starts(),
+            vec![date!(9999 - 12 - 20), date!(9999 - 12 - 27)]
+        );
+        // The default `from` stops at the first day allowed.
+        let first = Range::parse(&params(&[("to", "1000-01-05")]), today).unwrap();
+        assert_eq!((first.from, first.starts().len()), (FIRST_DAY, 5));
+        let weeks = params(&[
+            ("bucket", "week"),
+            ("from", "1000-01-01"),
+            ("to", "1000-01-01"),
+        ]);
+        // 1000-01-01 was a Wednesday; its week starts two days before it.
+        assert_eq!(
+            Range::parse(&weeks, today).unwrap().starts(),
+            vec![date!(0999 - 12 - 30)]
+        );
     }
 }

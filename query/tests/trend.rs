@@ -119,6 +119,9 @@ async fn bad_buckets_dates_and_ranges_are_422_naming_the_field() {
         ("to=11/09/2026", "to"),
         ("from=2026-11-10&to=2026-11-09", "from"),
         ("from=2024-01-01&to=2026-11-09", "from"),
+        // Past MySQL's DATETIME range (this one used to drop the connection).
+        ("to=9999-12-31", "to"),
+        ("from=0999-12-31&to=1000-01-02", "from"),
     ] {
         let response = query
             .get(&format!("/v1/courses/TREND/trend?{params}"))
@@ -131,5 +134,10 @@ async fn bad_buckets_dates_and_ranges_are_422_naming_the_field() {
             "{params}"
         );
     }
+    // The last days allowed: MySQL is asked up to 9999-12-31 00:00.
+    let last = query
+        .json("/v1/courses/TREND/trend?bucket=week&from=9999-12-20&to=9999-12-30")
+        .await;
+    assert_eq!(last["points"].as_array().map(Vec::len), Some(2), "{last}");
     query.shutdown().await;
 }
