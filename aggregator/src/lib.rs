@@ -128,6 +128,7 @@ impl Application {
         let app = Router::new()
             .route("/readyz", get(readyz))
             .merge(shared::http::health_routes())
+            .layer(shared::http::catch_panic())
             .layer(axum::middleware::from_fn(shared::http::track_metrics))
             .with_state((self.health.clone(), self.cache.clone()));
         let server = tokio::spawn(shared::http::serve(

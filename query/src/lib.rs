@@ -200,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(admin))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes())
+        .layer(shared::http::catch_panic())
         .layer(axum::middleware::from_fn(shared::http::track_metrics))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

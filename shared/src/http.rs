@@ -3,11 +3,14 @@
 //! Every 4xx and 5xx is `application/json` with
 //! `{"error": {"code": "snake_case", "message": "...", "field": "rating"}}`.
 
+use std::any::Any;
+
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
 
 /// An error answer: status, machine-readable code, human message, the field at fault.
 #[derive(Debug, Clone)]
@@ -127,6 +130,22 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// A handler's panic as the contract's 500 body (logged), instead of a
+/// connection closed without an answer. A panic is a bug; this layer only
+/// makes sure the client still hears back, in the contract's format.
+pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn Any + Send + 'static>) -> Response> {
+    CatchPanicLayer::custom(panic_response as fn(Box<dyn Any + Send + 'static>) -> Response)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    ApiError::internal(format!("a handler panicked: {message}")).into_response()
+}
+
 /// `/healthz` (200 while the process lives) and `/metrics` (Prometheus text).
 pub fn health_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
@@ -197,4 +216,30 @@ pub async fn track_metrics(
     metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_the_contracts_500_body() {
+        let app = Router::new().route("/boom", get(boom)).layer(catch_panic());
+        let request = Request::get("/boom").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+    }
 }
