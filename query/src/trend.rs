@@ -30,7 +30,7 @@ pub const MAX_DAYS: i64 = 366;
 pub const DEFAULT_DAYS: i64 = 30;
 /// The days `from` and `to` may name: MySQL's `DATETIME` starts at
 /// 1000-01-01 and ends on 9999-12-31, and a range ends at the midnight after
-/// `to`. (Outside them the date arithmetic below would overflow.)
+/// `to`, which must exist (9999-12-31 is also the `time` crate's last day).
 pub const FIRST_DAY: Date = time::macros::date!(1000 - 01 - 01);
 pub const LAST_DAY: Date = time::macros::date!(9999 - 12 - 30);
 

@@ -134,7 +134,7 @@ pub async fn method_not_allowed() -> ApiError {
 /// connection closed without an answer. A panic is a bug; this layer only
 /// makes sure the client still hears back, in the contract's format.
 pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn Any + Send + 'static>) -> Response> {
-    CatchPanicLayer::custom(panic_response as fn(Box<dyn Any + Send + 'static>) -> Response)
+    CatchPanicLayer::custom(panic_response as fn(_) -> _)
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
