@@ -140,12 +140,16 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body is left (partly) unread, so the connection cannot carry another
+/// request: `Connection: close` tells a keep-alive client to open a new one
+/// rather than write its next request into a connection being closed.
 fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         format!("the body must be at most {MAX_BODY_BYTES} bytes"),
     )
+    .with_header(header::CONNECTION, "close")
 }
 
 /// Reads at most [`MAX_BODY_BYTES`]; a larger declared length is refused unread.

@@ -79,6 +79,39 @@ async fn tokens_are_checked_401_for_bad_403_for_another_role() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_over_16_kib_is_refused_while_reading_and_the_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ingest = TestIngest::spawn().await;
+    let address = ingest.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // No Content-Length: only reading can find the body too large.
+    let head = format!(
+        "POST /v1/feedback HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        student("alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
+    for _ in 0..5 {
+        // The server may answer and close before the last chunks: that is the point.
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("\"payload_too_large\""), "{answer}");
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
 async fn every_bad_input_gets_its_status_code_and_field() {
     let ingest = TestIngest::spawn().await;
     let url = format!("{}/v1/feedback", ingest.url);
@@ -103,6 +136,8 @@ async fn every_bad_input_gets_its_status_code_and_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The rest of the body is never read: this connection takes no further request.
+    assert_eq!(r.headers()["connection"], "close");
     assert_eq!(error_of(r).await["code"], "payload_too_large");
 
     let r = raw("application/json; charset=utf-8", b"{not json".to_vec())
