@@ -176,9 +176,14 @@ async fn a_hung_redis_stops_the_kept_hashes_from_answering_within_seconds() {
     let query = TestQuery::spawn_on_redis(&private.url(0)).await;
     let before = query.seed().stats("HUNG", [0, 0, 0, 1, 1], 2).await;
     assert_eq!(query.stats_of("HUNG").await["source"], "database");
-    assert_eq!(query.stats_of("HUNG").await["source"], "cache");
-    assert_eq!(query.stats_of("HUNG").await["source"], "cache");
-    assert_eq!(query.stats.counts().kept_hits, 1);
+    // A hit keeps the hash in memory and the next is answered from there; the
+    // fill's own invalidation may still drop the first copy kept (see
+    // `stats.rs`), so read until one hit came from memory.
+    for _ in 0..3 {
+        assert_eq!(query.stats_of("HUNG").await["source"], "cache");
+    }
+    let kept = query.stats.counts().kept_hits;
+    assert!(kept >= 1, "no hit came from memory: {kept}");
 
     // Redis hangs, and MySQL moves on meanwhile (the aggregator cannot reach Redis).
     private.freeze(true);
