@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{config, expected, figures, fresh_stores, TestQuery};
-use feedback_tests::eventually;
+use feedback_tests::{eventually, PrivateRedis};
 use mysql_async::prelude::Queryable;
 use redis::AsyncCommands;
 use shared::cache::{Applied, Delta, Scripts};
@@ -118,7 +118,11 @@ async fn a_late_fill_loses_to_a_delta_that_got_there_first() {
 
 #[tokio::test]
 async fn a_hash_is_kept_in_memory_until_redis_says_it_changed_expired_or_was_flushed() {
-    let query = TestQuery::spawn().await;
+    // A Redis of its own: tracking is server-wide, so another test's FLUSHDB
+    // (each fresh test database starts with one) on the shared server would
+    // drop this query's kept copies too, and the exact counts below would miss.
+    let private = PrivateRedis::start().await.expect("a private redis-server");
+    let query = TestQuery::spawn_on_redis(&private.url(0)).await;
     let v5 = query.seed().stats("KEPT", [0, 0, 1, 2, 2], 5).await;
     assert_eq!(query.stats_of("KEPT").await["source"], "database");
     // A hit reads Redis on the tracking connection and keeps the hash. The
