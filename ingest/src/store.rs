@@ -110,7 +110,7 @@ impl Store {
             .path(dir)
             // sled caches 1 GiB by default; the spool is written and read
             // once, in order, so a small cache keeps ingest's memory flat.
-            .cache_capacity(16 * 1024 * 1024)
+            .cache_capacity(8 * 1024 * 1024)
             .flush_every_ms(Some(200))
             .open()
             .with_context(|| {
