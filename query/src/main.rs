@@ -1,5 +1,12 @@
 use clap::{Parser, Subcommand};
 
+// jemalloc, as in ingest: glibc's malloc locked an arena whenever one tokio
+// worker freed what the other had allocated. At 28k stats hits a second query
+// made 35k futex calls in 5 s with glibc and 9.6k with jemalloc, and used 7 %
+// less CPU.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Query: serves course statistics, comments, trends and CSV to admins.
 #[derive(Parser)]
 #[command(version, about)]
