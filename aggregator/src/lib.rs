@@ -153,7 +153,12 @@ impl Application {
             health: self.health,
             advisory: worker::AdvisoryCommits::default(),
         });
-        worker::run(shared.clone(), self.rebalances, stop_rx).await;
+        // The router runs on a worker thread, not on the thread that blocks on
+        // main: its sends then wake the lanes through the worker's own queue.
+        let router = tokio::spawn(worker::run(shared.clone(), self.rebalances, stop_rx));
+        if let Err(err) = router.await {
+            tracing::error!(%err, "the router failed");
+        }
         shared.consumer.unsubscribe();
         drop(shared); // the lanes are done: this closes the consumer, leaving the group at once
         let _ = reconciler.await;
