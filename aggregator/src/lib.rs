@@ -156,8 +156,12 @@ impl Application {
         // The router runs on a worker thread, not on the thread that blocks on
         // main: its sends then wake the lanes through the worker's own queue.
         let router = tokio::spawn(worker::run(shared.clone(), self.rebalances, stop_rx));
-        if let Err(err) = router.await {
-            tracing::error!(%err, "the router failed");
+        match router.await {
+            Ok(()) => {}
+            // A panic ends the process, as it did when the router ran on main
+            // (logging it and going on would leave a member that consumes nothing).
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => anyhow::bail!("the router was cancelled: {err}"),
         }
         shared.consumer.unsubscribe();
         drop(shared); // the lanes are done: this closes the consumer, leaving the group at once
