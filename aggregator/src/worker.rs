@@ -206,11 +206,22 @@ pub(crate) async fn run(
             set_paused(&shared, paused);
         }
     }
+    let mut panicked = None;
     for lane in lanes {
         drop(lane.tx);
-        let _ = lane.task.await;
+        if let Err(err) = lane.task.await {
+            if err.is_panic() && panicked.is_none() {
+                panicked = Some(err.into_panic());
+            }
+        }
     }
     shared.advisory.flush(&shared);
+    // A lane that panicked (a bug) ends the process once the others are done:
+    // its partitions would otherwise stay assigned to a member that no longer
+    // consumes them. MySQL's offsets make the restart safe.
+    if let Some(panic) = panicked {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Passes revocations down every lane's queue and keeps `/readyz`'s count.
