@@ -189,7 +189,7 @@ pub(crate) async fn run(
                     let lane = &lanes[lane_of(message.partition(), count)];
                     lane.queued.fetch_add(size(&message), Ordering::Relaxed);
                     if lane.tx.send(LaneInput::Message(message)).is_err() {
-                        break; // the lane ended: shutting down
+                        break; // the lane ended: shutting down, or it panicked (resumed below)
                     }
                 }
                 Err(err) => tracing::warn!(%err, "consumer error"),
