@@ -61,7 +61,7 @@ impl ConsumerContext for AggregatorContext {
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                match stored_offsets_blocking(&self.mysql_url, &self.topic) {
+                match claim_offsets_blocking(&self.mysql_url, &self.topic, &partitions) {
                     Ok(stored) => {
                         for partition in &partitions {
                             let offset = stored
@@ -101,11 +101,17 @@ impl ConsumerContext for AggregatorContext {
     }
 }
 
-/// Reads MySQL's offsets from inside librdkafka's callback: on a thread of its
-/// own with its own small runtime, so it never blocks or re-enters the service's.
-fn stored_offsets_blocking(mysql_url: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+/// Reads MySQL's offsets (`sink::claim_offsets`) from inside librdkafka's
+/// callback: on a thread of its own with its own small runtime, so it never
+/// blocks or re-enters the service's.
+fn claim_offsets_blocking(
+    mysql_url: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, i64>> {
     let url = mysql_url.to_owned();
     let topic = topic.to_owned();
+    let partitions = partitions.to_vec();
     std::thread::spawn(move || -> anyhow::Result<HashMap<i32, i64>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -114,7 +120,7 @@ fn stored_offsets_blocking(mysql_url: &str, topic: &str) -> anyhow::Result<HashM
             let pool = shared::db::pool(&url)?;
             let result = tokio::time::timeout(
                 Duration::from_secs(5),
-                crate::sink::stored_offsets(&pool, &topic),
+                crate::sink::claim_offsets(&pool, &topic, &partitions),
             )
             .await
             .map_err(|_| anyhow::anyhow!("timed out reading offsets"))?

@@ -3,13 +3,28 @@
 //! In order, inside the transaction:
 //! 1. lock the batch's partitions in `consumer_offsets` and skip messages below
 //!    the recorded next offset (a redelivery of what was applied);
-//! 2. append the rest to `feedback_events` in multi-row `INSERT`s of up to 100
+//! 2. lock the batch's courses in `course_stats`, reading their versions;
+//! 3. append the rest to `feedback_events` in multi-row `INSERT`s of up to 100
 //!    rows; a `feedback_id` already there (a replayed spool, a retried
 //!    produce) is a duplicate and changes nothing else;
-//! 3. apply the counting rule to `current_responses` (rows locked);
-//! 4. add the per-course changes to `course_stats`, bumping each changed
+//! 4. read the batch's rows of `current_responses` and apply the counting
+//!    rule to them;
+//! 5. add the per-course changes to `course_stats`, bumping each changed
 //!    course's version (the versions the Redis deltas carry);
-//! 5. record each partition's next offset.
+//! 6. record each partition's next offset.
+//!
+//! Why step 4 reads without locking. Every transaction that writes a course's
+//! current rows holds that course's `course_stats` row first (step 2), and
+//! nothing before step 2 reads without locking, so the snapshot that step 4
+//! reads (REPEATABLE READ takes it at a transaction's first plain read) holds
+//! every earlier writer's commit. Locking the current rows instead put gap
+//! locks on them for every new student, and lanes writing neighbouring
+//! courses then deadlocked on one another's gaps (about one batch in a
+//! hundred at 3 lanes, one in thirty at 6), each a whole transaction retried.
+//! A course not in `course_stats` yet is only gap-locked in step 2: two
+//! transactions with events of the same new course (possible only after the
+//! topic's partitions were changed) then both insert its row in step 5, and
+//! InnoDB rolls one back as a deadlock; its retry finds the row and waits.
 //!
 //! Redis is updated only after the commit (see `cache.rs`).
 
@@ -106,10 +121,12 @@ pub async fn commit(
         .filter(|r| r.offset >= next.get(&r.partition).copied().unwrap_or(0))
         .filter(|r| seen.insert(r.event.feedback_id))
         .collect();
+    let versions = locked_courses(&mut tx, &fresh).await?;
+    steps.lap("courses_lock");
     let new = insert_history(&mut tx, &fresh, now_at).await?;
     steps.lap("history");
 
-    let existing = locked_current(&mut tx, &new).await?;
+    let existing = read_current(&mut tx, &new).await?;
     steps.lap("current_read");
     let decoded = events.len();
     let events: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
@@ -117,7 +134,7 @@ pub async fn commit(
     steps.lap("counting");
     upsert_current(&mut tx, &outcome.writes).await?;
     steps.lap("current_write");
-    let deltas = update_stats(&mut tx, &outcome.changes, now_at).await?;
+    let deltas = update_stats(&mut tx, &outcome.changes, &versions, now_at).await?;
     steps.lap("stats");
     record_offsets(&mut tx, topic, consumed, &now).await?;
     steps.lap("offsets_record");
@@ -167,7 +184,7 @@ async fn locked_offsets(
     }
     let partitions = padded(&partitions, PARTITION_ROWS);
     let sql = format!(
-        "SELECT kafka_partition, next_offset FROM consumer_offsets
+        "SELECT kafka_partition, next_offset FROM consumer_offsets FORCE INDEX (PRIMARY)
          WHERE topic = ? AND kafka_partition IN ({}) FOR UPDATE",
         placeholders(partitions.len())
     );
@@ -175,6 +192,32 @@ async fn locked_offsets(
     params.extend(partitions);
     let rows: Vec<(i32, i64)> = tx.exec(sql, Params::Positional(params)).await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Locks the `course_stats` rows of the events' courses (a gap lock for a
+/// course without one yet); returns each existing course's version.
+async fn locked_courses(
+    tx: &mut mysql_async::Transaction<'_>,
+    fresh: &[&Received],
+) -> Result<HashMap<String, i64>, SinkError> {
+    let courses: BTreeSet<&str> = fresh.iter().map(|r| r.event.course_id.as_str()).collect();
+    let courses: Vec<&str> = courses.into_iter().collect();
+    let mut versions = HashMap::new();
+    for chunk in courses.chunks(INSERT_ROWS) {
+        let chunk = padded(chunk, INSERT_ROWS);
+        let sql = format!(
+            // Without FORCE INDEX, a few hundred courses and a long IN list
+            // make the optimizer scan the table, and the scan locks every
+            // course: the lanes then wait for one another.
+            "SELECT course_id, version FROM course_stats FORCE INDEX (PRIMARY)
+             WHERE course_id IN ({}) FOR UPDATE",
+            placeholders(chunk.len())
+        );
+        let params: Vec<Value> = chunk.iter().map(|c| Value::from(*c)).collect();
+        let rows: Vec<(String, i64)> = tx.exec(sql, Params::Positional(params)).await?;
+        versions.extend(rows);
+    }
+    Ok(versions)
 }
 
 /// Appends events to the history, stamped with the batch's time `now_at`;
@@ -247,8 +290,9 @@ async fn insert_history<'a>(
         .collect())
 }
 
-/// Locks and reads the current rows of the batch's (course, student) pairs.
-async fn locked_current(
+/// Reads the current rows of the batch's (course, student) pairs, without
+/// locking them: the courses are locked (see the module's comment).
+async fn read_current(
     tx: &mut mysql_async::Transaction<'_>,
     new: &[&Received],
 ) -> Result<HashMap<ResponseKey, Current>, SinkError> {
@@ -268,7 +312,7 @@ async fn locked_current(
         let sql = format!(
             "SELECT course_id, student_key, feedback_id, rating, comment, {}
              FROM current_responses FORCE INDEX (PRIMARY)
-             WHERE (course_id, student_key) IN ({}) FOR UPDATE",
+             WHERE (course_id, student_key) IN ({})",
             micros("submitted_at"),
             vec!["(?, ?)"; chunk.len()].join(", ")
         );
@@ -322,27 +366,17 @@ async fn upsert_current(
     Ok(())
 }
 
-/// Adds the changes to `course_stats`; returns the Redis deltas with their versions.
+/// Adds the changes to `course_stats`, whose rows `versions` came from
+/// (locked); returns the Redis deltas with their versions.
 async fn update_stats(
     tx: &mut mysql_async::Transaction<'_>,
     changes: &BTreeMap<String, counting::StatsChange>,
+    versions: &HashMap<String, i64>,
     now_at: time::OffsetDateTime,
 ) -> Result<Vec<Delta>, SinkError> {
     let now = datetime(now_at);
     if changes.is_empty() {
         return Ok(Vec::new());
-    }
-    let courses: Vec<&String> = changes.keys().collect();
-    let mut versions: HashMap<String, i64> = HashMap::new();
-    for chunk in courses.chunks(INSERT_ROWS) {
-        let chunk = padded(chunk, INSERT_ROWS);
-        let sql = format!(
-            "SELECT course_id, version FROM course_stats WHERE course_id IN ({}) FOR UPDATE",
-            placeholders(chunk.len())
-        );
-        let params: Vec<Value> = chunk.iter().map(|c| Value::from(c.as_str())).collect();
-        let rows: Vec<(String, i64)> = tx.exec(sql, Params::Positional(params)).await?;
-        versions.extend(rows);
     }
     let entries: Vec<(&String, &counting::StatsChange)> = changes.iter().collect();
     for chunk in entries.chunks(INSERT_ROWS) {
@@ -425,9 +459,36 @@ async fn connect(pool: &Pool) -> Result<mysql_async::Conn, SinkError> {
         .map_err(SinkError::from)
 }
 
-/// The next offset MySQL holds for each partition of `topic`.
-pub async fn stored_offsets(pool: &Pool, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+/// The next offset MySQL holds for each of `partitions` of `topic`, once each
+/// has a row: a missing one is created at 0. The batches' locking reads then
+/// lock existing rows rather than the gap where a missing row would go: lanes
+/// that gap-locked the same gap and then inserted their first offsets into it
+/// deadlocked on one another, over and over at 6 lanes.
+pub async fn claim_offsets(
+    pool: &Pool,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, SinkError> {
     let mut conn = connect(pool).await?;
+    if !partitions.is_empty() {
+        let sql = format!(
+            "INSERT INTO consumer_offsets (topic, kafka_partition, next_offset, updated_at) VALUES {}
+             ON DUPLICATE KEY UPDATE next_offset = next_offset",
+            vec!["(?, ?, 0, ?)"; partitions.len()].join(", ")
+        );
+        let now = datetime(shared::event::now_micros());
+        let params: Vec<Value> = partitions
+            .iter()
+            .flat_map(|p| {
+                [
+                    Value::from(topic),
+                    Value::from(*p),
+                    Value::from(now.as_str()),
+                ]
+            })
+            .collect();
+        conn.exec_drop(sql, Params::Positional(params)).await?;
+    }
     let rows: Vec<(i32, i64)> = conn
         .exec(
             "SELECT kafka_partition, next_offset FROM consumer_offsets WHERE topic = ?",
