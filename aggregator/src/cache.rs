@@ -2,6 +2,10 @@
 //! one Lua call (`shared::cache`), guarded by versions, so redelivery, races
 //! with query's fills, and expired or flushed hashes are all harmless.
 //!
+//! The lanes do not wait for Redis: they queue a committed batch's deltas
+//! ([`DeltaQueue`]) and start their next transaction, while one task applies
+//! the queue in order, several batches to a call when it has fallen behind.
+//!
 //! While Redis is unreachable, MySQL keeps committing and the touched courses
 //! are remembered; when Redis answers again they are refilled from MySQL. A
 //! periodic reconciler compares recently changed courses in MySQL with Redis
@@ -10,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -18,6 +22,39 @@ use mysql_async::Pool;
 use redis::aio::ConnectionManager;
 use shared::cache::{Applied, Delta, Scripts};
 use shared::db::{stats_columns, StatsColumns, StatsRow};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::sink::Steps;
+
+/// Committed batches waiting for Redis before a lane's next send waits
+/// (a few hundred milliseconds of a full-speed drain; while Redis is known
+/// down, applying only remembers the courses, so the queue keeps moving).
+const QUEUED_BATCHES: usize = 64;
+
+/// The most deltas one script call applies when batches have queued up.
+const DELTAS_PER_CALL: usize = 500;
+
+/// Where the lanes put committed deltas for Redis; cloned into each lane.
+#[derive(Clone)]
+pub struct DeltaQueue {
+    tx: mpsc::Sender<Vec<Delta>>,
+    writer: Arc<CacheWriter>,
+}
+
+impl DeltaQueue {
+    /// Queues a committed batch's deltas, waiting while the queue is full.
+    pub async fn push(&self, deltas: Vec<Delta>) {
+        if deltas.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(deltas)) = self.tx.send(deltas).await {
+            // The applying task is gone (it panicked: a bug, resumed when the
+            // worker ends); apply here so no committed batch skips Redis.
+            self.writer.apply(&deltas).await;
+        }
+    }
+}
 
 pub struct CacheWriter {
     redis: ConnectionManager,
@@ -41,6 +78,38 @@ impl CacheWriter {
             dirty: Mutex::new(BTreeSet::new()),
             up: AtomicBool::new(true),
         })
+    }
+
+    /// Starts the task that applies queued deltas in order. It ends once every
+    /// clone of the returned queue is dropped and what they queued is applied.
+    pub fn spawn_queue(self: &Arc<Self>) -> (DeltaQueue, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Vec<Delta>>(QUEUED_BATCHES);
+        let writer = self.clone();
+        let task = tokio::spawn(async move {
+            let mut deltas = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                deltas.extend(batch);
+                // Batches queued meanwhile go in the same call, in order: a
+                // course's deltas chain from one version to the next.
+                while deltas.len() < DELTAS_PER_CALL {
+                    match rx.try_recv() {
+                        Ok(batch) => deltas.extend(batch),
+                        Err(_) => break,
+                    }
+                }
+                let mut steps = Steps::start();
+                writer.apply(&deltas).await;
+                steps.lap("redis");
+                deltas.clear();
+            }
+        });
+        (
+            DeltaQueue {
+                tx,
+                writer: self.clone(),
+            },
+            task,
+        )
     }
 
     pub fn is_up(&self) -> bool {

@@ -3,9 +3,10 @@
 //! The router reads the consumer and hands each message to the lane of its
 //! partition (`partition % lanes`). Each lane collects up to
 //! `FEEDBACK_BATCH_SIZE` messages or waits `FEEDBACK_BATCH_LINGER_MS`, then
-//! commits them in one MySQL transaction (`sink.rs`), applies the deltas to
-//! Redis (`cache.rs`) and records the offsets for Kafka (advisory, committed at
-//! most once a second: see [`AdvisoryCommits`]). Lanes run
+//! commits them in one MySQL transaction (`sink.rs`), queues the deltas for
+//! Redis (`cache.rs`, applied in order by one task while the lane goes on)
+//! and records the offsets for Kafka (advisory, committed at most once a
+//! second: see [`AdvisoryCommits`]). Lanes run
 //! concurrently; a partition always belongs to the same lane, so its
 //! transactions commit in offset order, and lanes never share a course (the
 //! topic is keyed by course).
@@ -32,7 +33,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use shared::event::FeedbackSubmitted;
 use tokio::sync::{mpsc, watch};
 
-use crate::cache::CacheWriter;
+use crate::cache::{CacheWriter, DeltaQueue};
 use crate::consumer::{AggregatorConsumer, Rebalanced};
 use crate::dlq::{DeadLetters, Poison};
 use crate::sink::{self, Received, SinkError};
@@ -150,6 +151,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let count = shared.config.lanes;
+    let (deltas, redis_task) = shared.cache.spawn_queue();
     let lanes: Vec<Lane> = (0..count)
         .map(|index| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -159,6 +161,7 @@ pub(crate) async fn run(
                 index,
                 rx,
                 queued.clone(),
+                deltas.clone(),
                 stop.clone(),
             ));
             Lane { tx, queued, task }
@@ -213,6 +216,13 @@ pub(crate) async fn run(
             if err.is_panic() && panicked.is_none() {
                 panicked = Some(err.into_panic());
             }
+        }
+    }
+    // The lanes' clones are gone with them: the task applies what they queued, then ends.
+    drop(deltas);
+    if let Err(err) = redis_task.await {
+        if err.is_panic() && panicked.is_none() {
+            panicked = Some(err.into_panic());
         }
     }
     shared.advisory.flush(&shared);
@@ -277,6 +287,7 @@ async fn lane(
     index: usize,
     mut rx: mpsc::UnboundedReceiver<LaneInput>,
     queued: Arc<AtomicUsize>,
+    deltas: DeltaQueue,
     mut stop: watch::Receiver<bool>,
 ) {
     let config = &shared.config;
@@ -321,7 +332,7 @@ async fn lane(
             continue;
         }
         let chunk = decode(&shared.dead_letters, &batch).await;
-        if !commit(&shared, index, &chunk, &mut stop).await {
+        if !commit(&shared, index, &chunk, &deltas, &mut stop).await {
             tracing::info!(
                 lane = index,
                 messages = batch.len(),
@@ -382,19 +393,30 @@ async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
     chunk
 }
 
-/// Commits a chunk to MySQL, then Redis and Kafka. Conflicts (deadlock, lock
-/// wait timeout) retry at once; an unreachable MySQL retries with backoff
-/// until it answers (nothing is skipped) or shutdown (false).
+/// The longest pause before retrying a transaction that hit a deadlock.
+const CONFLICT_MAX: Duration = Duration::from_millis(50);
+
+/// Commits a chunk to MySQL, then queues its deltas for Redis and records
+/// its offsets for Kafka. Conflicts (deadlock, lock wait timeout) retry after
+/// a pause of a millisecond or a few; an unreachable MySQL retries with
+/// backoff until it answers (nothing is skipped) or shutdown (false).
 async fn commit(
     shared: &Shared,
     index: usize,
     chunk: &Chunk,
+    deltas: &DeltaQueue,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let started = Instant::now();
     let mut backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut conflicts = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(CONFLICT_MAX)
         .with_jitter()
         .without_max_times()
         .build();
@@ -412,6 +434,9 @@ async fn commit(
             Err(SinkError::Conflict(err)) => {
                 tracing::debug!(%err, lane = index, "transaction conflict; retrying");
                 metrics::counter!("aggregator_sink_conflicts_total").increment(1);
+                // A short random pause, so that lanes that deadlocked do not
+                // take the same locks again in step and deadlock anew.
+                tokio::time::sleep(conflicts.next().unwrap_or(CONFLICT_MAX)).await;
             }
             Err(SinkError::Unavailable(err)) => {
                 if !failing {
@@ -436,9 +461,7 @@ async fn commit(
         shared.health.failing_lanes.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(lane = index, "MySQL reachable again: lane resumed");
     }
-    let mut steps = sink::Steps::start();
-    shared.cache.apply(&committed.deltas).await;
-    steps.lap("redis");
+    deltas.push(committed.deltas).await;
     shared.advisory.record(&chunk.consumed);
     shared.advisory.send_when_due(shared);
 
