@@ -7,8 +7,9 @@
 //! or waits `FEEDBACK_BATCH_LINGER_MS`, decodes them (poison goes to the DLQ,
 //! `dlq.rs`), and `sink.rs` commits the batch to MySQL in one transaction
 //! (history, counting rule via `counting.rs`, course stats with versions,
-//! offsets). Then `cache.rs` applies the per-course deltas to Redis, and the
-//! offsets are committed to Kafka (advisory only). `FEEDBACK_SINK_LANES`
+//! offsets). Then the lane queues the per-course deltas, which one task of
+//! `cache.rs` applies to Redis in order, and the offsets are committed to
+//! Kafka (advisory only). `FEEDBACK_SINK_LANES`
 //! lanes commit concurrently, each for its own share of the partitions.
 //!
 //! Failure modes: Kafka delivers at least once, so a redelivered offset or a
