@@ -134,17 +134,26 @@ fn batch(
     events: &[shared::event::FeedbackSubmitted],
     offset: i64,
 ) -> (Vec<Received>, BTreeMap<i32, i64>) {
+    batch_on(0, events, offset)
+}
+
+/// The same from `partition`.
+fn batch_on(
+    partition: i32,
+    events: &[shared::event::FeedbackSubmitted],
+    offset: i64,
+) -> (Vec<Received>, BTreeMap<i32, i64>) {
     let received: Vec<Received> = events
         .iter()
         .enumerate()
         .map(|(i, event)| Received {
-            partition: 0,
+            partition,
             offset: offset + i as i64,
             event: event.clone(),
         })
         .collect();
     let last = offset + events.len() as i64 - 1;
-    (received, BTreeMap::from([(0, last)]))
+    (received, BTreeMap::from([(partition, last)]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,21 +346,9 @@ async fn two_transactions_with_the_same_courses_at_once_still_count_exactly() {
     let mut conflicts = 0;
     for (round, pair) in events.chunks(200).enumerate() {
         let (left, right) = pair.split_at(pair.len() / 2);
-        let on = |partition: i32, events: &[shared::event::FeedbackSubmitted]| {
-            let offset = (round * 100) as i64;
-            let received: Vec<Received> = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| Received {
-                    partition,
-                    offset: offset + i as i64,
-                    event: event.clone(),
-                })
-                .collect();
-            let last = offset + events.len() as i64 - 1;
-            (received, BTreeMap::from([(partition, last)]))
-        };
-        let ((a, a_consumed), (b, b_consumed)) = (on(0, left), on(1, right));
+        let offset = (round * 100) as i64;
+        let ((a, a_consumed), (b, b_consumed)) =
+            (batch_on(0, left, offset), batch_on(1, right, offset));
         let (x, y) = tokio::join!(
             commit_retrying(&pool, &scenario.topic, &a, &a_consumed),
             commit_retrying(&pool, &scenario.topic, &b, &b_consumed),
