@@ -209,24 +209,24 @@ pub(crate) async fn run(
             set_paused(&shared, paused);
         }
     }
+    // The first panic of a lane or of the Redis task, kept until all are done.
     let mut panicked = None;
-    for lane in lanes {
-        drop(lane.tx);
-        if let Err(err) = lane.task.await {
+    let mut keep_panic = |ended: Result<(), tokio::task::JoinError>| {
+        if let Err(err) = ended {
             if err.is_panic() && panicked.is_none() {
                 panicked = Some(err.into_panic());
             }
         }
+    };
+    for lane in lanes {
+        drop(lane.tx);
+        keep_panic(lane.task.await);
     }
     // The lanes' clones are gone with them: the task applies what they queued, then ends.
     drop(deltas);
-    if let Err(err) = redis_task.await {
-        if err.is_panic() && panicked.is_none() {
-            panicked = Some(err.into_panic());
-        }
-    }
+    keep_panic(redis_task.await);
     shared.advisory.flush(&shared);
-    // A lane that panicked (a bug) ends the process once the others are done:
+    // A task that panicked (a bug) ends the process once the others are done:
     // its partitions would otherwise stay assigned to a member that no longer
     // consumes them. MySQL's offsets make the restart safe.
     if let Some(panic) = panicked {
