@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use shared::event::FeedbackSubmitted;
 use time::OffsetDateTime;
 
-/// A student's current response for a course.
+/// A student's current response for a course: what counting needs of it (its
+/// comment stays in the history, where the listings read it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
     pub feedback_id: String,
     pub rating: u8,
-    pub comment: Option<String>,
     pub submitted_at: OffsetDateTime,
 }
 
@@ -25,7 +25,6 @@ impl Current {
         Self {
             feedback_id: event.feedback_id.to_string(),
             rating: event.rating.get(),
-            comment: event.comment.as_ref().map(|c| c.as_str().to_owned()),
             submitted_at: event.submitted_at,
         }
     }

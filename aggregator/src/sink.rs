@@ -310,7 +310,7 @@ async fn read_current(
     for chunk in keys.chunks(INSERT_ROWS) {
         let chunk = padded(chunk, INSERT_ROWS);
         let sql = format!(
-            "SELECT course_id, student_key, feedback_id, rating, comment, {}
+            "SELECT course_id, student_key, feedback_id, rating, {}
              FROM current_responses FORCE INDEX (PRIMARY)
              WHERE (course_id, student_key) IN ({})",
             micros("submitted_at"),
@@ -320,15 +320,14 @@ async fn read_current(
             .iter()
             .flat_map(|(c, s)| [Value::from(c.as_str()), Value::from(s.as_str())])
             .collect();
-        let rows: Vec<(String, String, String, u8, Option<String>, i64)> =
+        let rows: Vec<(String, String, String, u8, i64)> =
             tx.exec(sql, Params::Positional(params)).await?;
-        for (course_id, student_key, feedback_id, rating, comment, at) in rows {
+        for (course_id, student_key, feedback_id, rating, at) in rows {
             current.insert(
                 (course_id, student_key),
                 Current {
                     feedback_id,
                     rating,
-                    comment,
                     submitted_at: from_micros(at),
                 },
             );
@@ -344,20 +343,19 @@ async fn upsert_current(
 ) -> Result<(), SinkError> {
     for chunk in writes.chunks(INSERT_ROWS) {
         let sql = format!(
-            "INSERT INTO current_responses (course_id, student_key, feedback_id, rating, comment, submitted_at)
+            "INSERT INTO current_responses (course_id, student_key, feedback_id, rating, submitted_at)
              VALUES {}
              ON DUPLICATE KEY UPDATE feedback_id = VALUES(feedback_id), rating = VALUES(rating),
-               comment = VALUES(comment), submitted_at = VALUES(submitted_at)",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+               submitted_at = VALUES(submitted_at)",
+            vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
-        let mut params = Vec::with_capacity(chunk.len() * 6);
+        let mut params = Vec::with_capacity(chunk.len() * 5);
         for ((course_id, student_key), row) in chunk {
             params.extend([
                 Value::from(course_id.as_str()),
                 Value::from(student_key.as_str()),
                 Value::from(row.feedback_id.as_str()),
                 Value::from(row.rating),
-                row.comment.as_deref().map_or(Value::NULL, Value::from),
                 Value::from(datetime(row.submitted_at)),
             ]);
         }

@@ -336,7 +336,8 @@ async fn bad_limits_and_cursors_are_refused_in_the_contract_format() {
 }
 
 #[tokio::test]
-async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_it_no_longer_keeps() {
+async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_and_columns_it_no_longer_keeps(
+) {
     let url = feedback_tests::fresh_mysql_database().await.unwrap();
     let pool = mysql_async::Pool::new(url.as_str());
     let mut conn = pool.get_conn().await.unwrap();
@@ -385,6 +386,10 @@ async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_it_no_long
         WHERE table_schema = DATABASE() AND table_name IN ('current_responses', 'course_stats')";
     let indexes =
         |names: &[&str]| -> HashSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    const COLUMNS: &str = "SELECT column_name FROM information_schema.columns
+        WHERE table_schema = DATABASE() AND table_name = 'current_responses' ORDER BY ordinal_position";
+    let columns: Vec<String> = conn.query(COLUMNS).await.unwrap();
+    assert!(columns.iter().any(|c| c == "comment"), "{columns:?}");
     let found: HashSet<String> = conn.query(INDEXES).await.unwrap().into_iter().collect();
     assert_eq!(
         found,
@@ -411,6 +416,18 @@ async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_it_no_long
             "course_stats.PRIMARY",
             "course_stats.idx_stats_responses",
         ])
+    );
+    // The history keeps the comments; the current rows no longer copy them.
+    let columns: Vec<String> = conn.query(COLUMNS).await.unwrap();
+    assert_eq!(
+        columns,
+        [
+            "course_id",
+            "student_key",
+            "feedback_id",
+            "rating",
+            "submitted_at"
+        ]
     );
     let kept: Vec<(String, u8)> = conn
         .query("SELECT course_id, rating FROM current_responses")

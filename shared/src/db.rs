@@ -37,7 +37,6 @@ const MIGRATIONS: &[&str] = &[
         student_key CHAR(64) COLLATE utf8mb4_bin NOT NULL,
         feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
         rating TINYINT UNSIGNED NOT NULL,
-        comment TEXT NULL,
         submitted_at DATETIME(6) NOT NULL,
         PRIMARY KEY (course_id, student_key)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
@@ -64,50 +63,74 @@ const MIGRATIONS: &[&str] = &[
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
 ];
 
-/// Indexes earlier versions created and this one no longer keeps: each cost
-/// the aggregator an index write per counted rating or per changed course,
-/// together about a fifth of MariaDB's work per event (the benchmark's drain,
-/// runs minutes apart: 34–43 µs of MariaDB CPU per event with them, 27–33
-/// without).
+/// Indexes and columns earlier versions created and this one no longer
+/// keeps: each cost the aggregator writes for every counted rating or
+/// changed course.
 ///
-/// - `current_responses (course_id, submitted_at, feedback_id)` served the
-///   listings; they now read the history's `(course_id, submitted_at)` index,
-///   keeping the entries that `current_responses` names (query's `comments.rs`).
-/// - `course_stats (updated_at)` served the reconciler's "changed in the last
-///   ten minutes"; every stats update moved its entry to the same last page.
-///   The reconciler now scans `course_stats` every 2 s instead: one row per
-///   course, a few milliseconds for tens of thousands of courses.
-const OBSOLETE_INDEXES: &[(&str, &str)] = &[
-    ("current_responses", "idx_current_course_submitted"),
-    ("course_stats", "idx_stats_updated"),
+/// - Index `current_responses (course_id, submitted_at, feedback_id)` served
+///   the listings; they now read the history's `(course_id, submitted_at)`
+///   index, keeping the entries that `current_responses` names (query's
+///   `comments.rs`). With `course_stats (updated_at)`, about a fifth of
+///   MariaDB's work per event (the benchmark's drain, runs minutes apart:
+///   34–43 µs of MariaDB CPU per event with them, 27–33 without).
+/// - Index `course_stats (updated_at)` served the reconciler's "changed in the
+///   last ten minutes"; every stats update moved its entry to the same last
+///   page. The reconciler now scans `course_stats` every 2 s instead: one row
+///   per course, a few milliseconds for tens of thousands of courses.
+/// - Column `current_responses.comment` copied the history's comment, which
+///   is the one every listing reads: up to 8 KB more per current row (2,000
+///   characters of 4 bytes) for the counting step to read and write.
+///   MySQL 8.0.29+ and MariaDB 10.4+ drop a column in place (no rebuild). An
+///   aggregator of an earlier version still running then fails its batches
+///   (they retry, nothing is lost) until it is replaced.
+const OBSOLETE: &[Obsolete] = &[
+    Obsolete::Index("current_responses", "idx_current_course_submitted"),
+    Obsolete::Index("course_stats", "idx_stats_updated"),
+    Obsolete::Column("current_responses", "comment"),
 ];
 
-/// Drops `index` of `table` when present. Both services migrate at start, so
-/// the other one may drop it first (MySQL error 1091). The drop waits for the
-/// table's metadata lock, at most 10 s: if older processes still hold it, the
-/// index stays (it only costs writes) and the next start tries again.
-async fn drop_index(conn: &mut mysql_async::Conn, table: &str, index: &str) -> anyhow::Result<()> {
+/// An index or a column, by table and name.
+enum Obsolete {
+    Index(&'static str, &'static str),
+    Column(&'static str, &'static str),
+}
+
+/// Drops `obsolete` when present. Both services migrate at start, so the other
+/// one may drop it first (MySQL error 1091, for an index or a column). The
+/// drop waits for the table's metadata lock, at most 10 s: if older processes
+/// still hold it, it stays (it only costs writes) and the next start tries again.
+async fn drop_obsolete(conn: &mut mysql_async::Conn, obsolete: &Obsolete) -> anyhow::Result<()> {
+    // The catalog table listing such things, and its column for the name.
+    let (table, name, kind, catalog, field) = match *obsolete {
+        Obsolete::Index(table, index) => (table, index, "INDEX", "statistics", "index_name"),
+        Obsolete::Column(table, column) => (table, column, "COLUMN", "columns", "column_name"),
+    };
+    let lookup = format!(
+        "SELECT COUNT(*) FROM information_schema.{catalog}
+         WHERE table_schema = DATABASE() AND table_name = ? AND {field} = ?"
+    );
     let present: Option<i64> = conn
-        .exec_first(
-            "SELECT COUNT(*) FROM information_schema.statistics
-             WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
-            (table, index),
-        )
+        .exec_first(lookup, (table, name))
         .await
-        .context("looking for an obsolete index")?;
+        .context("looking for an obsolete index or column")?;
     if present.unwrap_or(0) == 0 {
         return Ok(());
     }
     conn.query_drop("SET SESSION lock_wait_timeout = 10")
         .await?;
     match conn
-        .query_drop(format!("ALTER TABLE {table} DROP INDEX {index}"))
+        .query_drop(format!("ALTER TABLE {table} DROP {kind} {name}"))
         .await
     {
-        Ok(()) => tracing::info!(table, index, "dropped an index this version no longer uses"),
+        Ok(()) => tracing::info!(
+            table,
+            name,
+            kind,
+            "dropped what this version no longer uses"
+        ),
         Err(mysql_async::Error::Server(err)) if err.code == 1091 => {}
         Err(err) => {
-            tracing::warn!(table, index, error = %err, "could not drop an obsolete index; it stays until the next start")
+            tracing::warn!(table, name, kind, error = %err, "could not drop an obsolete index or column; it stays until the next start")
         }
     }
     Ok(())
@@ -167,8 +190,8 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
             .await
             .context("running a migration")?;
     }
-    for (table, index) in OBSOLETE_INDEXES {
-        drop_index(&mut conn, table, index).await?;
+    for obsolete in OBSOLETE {
+        drop_obsolete(&mut conn, obsolete).await?;
     }
     drop(conn);
     server.disconnect().await?;

@@ -232,39 +232,48 @@ impl Seed {
     }
 
     /// Inserts current responses of `course`: each in the history
-    /// (`feedback_events`) and as its student's current response.
+    /// (`feedback_events`, with its comment) and as its student's current
+    /// response (`current_responses`, which has no comment).
     pub async fn responses(&self, course: &str, rows: &[Response]) {
         self.history(course, rows).await;
-        self.insert("current_responses", ("", ""), course, rows)
-            .await;
+        self.insert("current_responses", false, course, rows).await;
     }
 
     /// Inserts submissions of `course` into the history only: superseded
     /// ones, whose students' current responses are others.
     pub async fn history(&self, course: &str, rows: &[Response]) {
-        let position = (", kafka_partition, kafka_offset", ", 0, 0");
-        self.insert("feedback_events", position, course, rows).await;
+        self.insert("feedback_events", true, course, rows).await;
     }
 
-    /// Inserts `rows` into `table`, 500 per statement: the columns both tables
-    /// share, then `extra` (more columns, and their values for every row).
-    async fn insert(&self, table: &str, extra: (&str, &str), course: &str, rows: &[Response]) {
-        let (extra_columns, extra_values) = extra;
-        let columns = "course_id, student_key, feedback_id, rating, comment, submitted_at";
+    /// Inserts `rows` into `table`, 500 per statement; the history's rows
+    /// have a comment and a position in the topic (partition 0, offset 0).
+    async fn insert(&self, table: &str, history: bool, course: &str, rows: &[Response]) {
+        let columns = if history {
+            "course_id, student_key, feedback_id, rating, submitted_at, comment, kafka_partition, kafka_offset"
+        } else {
+            "course_id, student_key, feedback_id, rating, submitted_at"
+        };
+        let row = if history {
+            "(?, ?, ?, ?, ?, ?, 0, 0)"
+        } else {
+            "(?, ?, ?, ?, ?)"
+        };
         let mut conn = self.pool.get_conn().await.unwrap();
         for chunk in rows.chunks(500) {
-            let values = vec![format!("(?, ?, ?, ?, ?, ?{extra_values})"); chunk.len()].join(", ");
+            let values = vec![row; chunk.len()].join(", ");
             let mut params: Vec<mysql_async::Value> = Vec::new();
             for r in chunk {
                 params.push(course.into());
                 params.push(r.student_key.as_str().into());
                 params.push(r.feedback_id.as_str().into());
                 params.push(r.rating.into());
-                params.push(r.comment.clone().into());
                 params.push(r.submitted_at.as_str().into());
+                if history {
+                    params.push(r.comment.clone().into());
+                }
             }
             conn.exec_drop(
-                format!("INSERT INTO {table} ({columns}{extra_columns}) VALUES {values}"),
+                format!("INSERT INTO {table} ({columns}) VALUES {values}"),
                 params,
             )
             .await
