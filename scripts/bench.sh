@@ -268,11 +268,11 @@ batch_steps() {
     /^aggregator_batch_step_seconds_(sum|count)\{/ {
       match($0, /step="[^"]+"/); step = substr($0, RSTART + 6, RLENGTH - 7)
       if ($0 ~ /_sum\{/) sum[step] = $NF; else count[step] = $NF }
-    END { n = split("begin offsets_lock courses_lock history current_read counting current_write stats offsets_record commit redis", order, " ")
+    END { n = split("begin courses_lock offsets_lock history current_read counting current_write stats offsets_record commit redis", order, " ")
       for (i = 1; i <= n; i++) if (count[order[i]] > 0) printf "%s=%.2f\n", order[i], sum[order[i]] / count[order[i]] * 1000 }'
 }
 
-# steps_line FILE: "begin 0.12, offsets_lock 0.20, history 1.20, ..." from batch_steps' output.
+# steps_line FILE: "begin 0.12, courses_lock 0.20, history 1.20, ..." from batch_steps' output.
 steps_line() {
   awk -F= '{ printf "%s%s %s", sep, $1, $2; sep = ", " }' "$1"
 }

@@ -1,29 +1,34 @@
 //! MySQL: one transaction per batch, which is what makes the effect exactly once.
 //!
 //! In order, inside the transaction:
-//! 1. lock the batch's partitions in `consumer_offsets` and skip messages below
-//!    the recorded next offset (a redelivery of what was applied);
-//! 2. lock the batch's courses in `course_stats`, reading their versions;
-//! 3. append the rest to `feedback_events` in multi-row `INSERT`s of up to 100
-//!    rows; a `feedback_id` already there (a replayed spool, a retried
+//! 1. lock the batch's courses in `course_stats`, reading their versions;
+//! 2. append the events to `feedback_events` in multi-row `INSERT`s of up to
+//!    100 rows; a `feedback_id` already there (a replayed spool, a retried
 //!    produce) is a duplicate and changes nothing else;
-//! 4. read the batch's rows of `current_responses` and apply the counting
+//! 3. read the batch's rows of `current_responses` and apply the counting
 //!    rule to them;
-//! 5. add the per-course changes to `course_stats`, bumping each changed
+//! 4. add the per-course changes to `course_stats`, bumping each changed
 //!    course's version (the versions the Redis deltas carry);
-//! 6. record each partition's next offset.
+//! 5. move each partition's next offset past the batch, on the condition that
+//!    it was at most the batch's first offset: nothing of the batch had been
+//!    applied. A lane reads on from where its last batch ended, so this holds
+//!    but for a redelivery (a rewind, a member that lost the partition while
+//!    its batch was in flight); then the transaction is rolled back and the
+//!    batch written again with the partitions' offset rows locked and read
+//!    after step 1, skipping the messages below them. Reading them first in
+//!    every batch cost a statement and a round trip for what is rare.
 //!
-//! Why step 4 reads without locking. Every transaction that writes a course's
-//! current rows holds that course's `course_stats` row first (step 2), and
-//! nothing before step 2 reads without locking, so the snapshot that step 4
-//! reads (REPEATABLE READ takes it at a transaction's first plain read) holds
-//! every earlier writer's commit. Locking the current rows instead put gap
+//! Why step 3 reads without locking. Every transaction that writes a course's
+//! current rows holds that course's `course_stats` row first (step 1, its
+//! first statement), so the snapshot that step 3 reads (REPEATABLE READ takes
+//! it at a transaction's first plain read, after step 1) holds every earlier
+//! writer's commit. Locking the current rows instead put gap
 //! locks on them for every new student, and lanes writing neighbouring
 //! courses then deadlocked on one another's gaps (about one batch in a
 //! hundred at 3 lanes, one in thirty at 6), each a whole transaction retried.
-//! A course not in `course_stats` yet is only gap-locked in step 2: two
+//! A course not in `course_stats` yet is only gap-locked in step 1: two
 //! transactions with events of the same new course (possible only after the
-//! topic's partitions were changed) then both insert its row in step 5, and
+//! topic's partitions were changed) then both insert its row in step 4, and
 //! InnoDB rolls one back as a deadlock; its retry finds the row and waits.
 //!
 //! Redis is updated only after the commit (see `cache.rs`).
@@ -99,12 +104,50 @@ impl From<mysql_async::Error> for SinkError {
 
 /// Commits a batch: `events` decoded from the topic, `consumed` every offset
 /// the batch covers (poison messages included, so they are not read again).
+///
+/// A lane reads on from where its last batch ended, so a batch normally starts
+/// at or after each partition's recorded next offset: it is written on that
+/// assumption and the assumption is checked when the offsets are recorded, by
+/// the statement that moves them. When it fails (a redelivery: a rewind, a
+/// member that lost the partition while its batch was in flight), the
+/// transaction is rolled back and the batch written again after reading the
+/// recorded offsets, skipping what they cover.
 pub async fn commit(
     pool: &Pool,
     topic: &str,
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
 ) -> Result<Committed, SinkError> {
+    let mut resume = Resume::Assumed;
+    loop {
+        // `Resume::Read` always commits (or fails): this runs at most twice.
+        if let Some(committed) = commit_as(pool, topic, events, consumed, resume).await? {
+            return Ok(committed);
+        }
+        metrics::counter!("aggregator_redelivered_batches_total").increment(1);
+        resume = Resume::Read;
+    }
+}
+
+/// Where a batch learns which of its messages were applied already.
+#[derive(Clone, Copy)]
+enum Resume {
+    /// None were: each partition's recorded next offset is at most the
+    /// batch's first offset of it, checked when the offsets are recorded.
+    Assumed,
+    /// Lock and read the recorded offsets, and skip the messages below them.
+    Read,
+}
+
+/// One attempt at [`commit`]; `None` when `Resume::Assumed` turned out wrong
+/// (the transaction was rolled back).
+async fn commit_as(
+    pool: &Pool,
+    topic: &str,
+    events: &[Received],
+    consumed: &BTreeMap<i32, i64>,
+    resume: Resume,
+) -> Result<Option<Committed>, SinkError> {
     let mut steps = Steps::start();
     let mut conn = connect(pool).await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
@@ -113,40 +156,55 @@ pub async fn commit(
     let now_at = shared::event::now_micros();
     let now = datetime(now_at);
 
-    let next = locked_offsets(&mut tx, topic, consumed.keys().copied()).await?;
-    steps.lap("offsets_lock");
+    // The courses first, then the offsets, in both modes (one lock order).
+    let versions = locked_courses(&mut tx, events).await?;
+    steps.lap("courses_lock");
+    let next = match resume {
+        Resume::Assumed => HashMap::new(),
+        Resume::Read => {
+            let next = locked_offsets(&mut tx, topic, consumed.keys().copied()).await?;
+            steps.lap("offsets_lock");
+            next
+        }
+    };
     let mut seen = HashSet::new();
     let fresh: Vec<&Received> = events
         .iter()
         .filter(|r| r.offset >= next.get(&r.partition).copied().unwrap_or(0))
         .filter(|r| seen.insert(r.event.feedback_id))
         .collect();
-    let versions = locked_courses(&mut tx, &fresh).await?;
-    steps.lap("courses_lock");
     let new = insert_history(&mut tx, &fresh, now_at).await?;
     steps.lap("history");
 
     let existing = read_current(&mut tx, &new).await?;
     steps.lap("current_read");
     let decoded = events.len();
-    let events: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
-    let outcome = counting::apply(existing, &events);
+    let counted: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
+    let outcome = counting::apply(existing, &counted);
     steps.lap("counting");
     upsert_current(&mut tx, &outcome.writes).await?;
     steps.lap("current_write");
     let deltas = update_stats(&mut tx, &outcome.changes, &versions, now_at).await?;
     steps.lap("stats");
-    record_offsets(&mut tx, topic, consumed, &now).await?;
+    match resume {
+        Resume::Assumed => {
+            if !advance_offsets(&mut tx, topic, events, consumed, &now).await? {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        Resume::Read => record_offsets(&mut tx, topic, consumed, &now).await?,
+    }
     steps.lap("offsets_record");
     tx.commit().await?;
     steps.lap("commit");
 
-    Ok(Committed {
+    Ok(Some(Committed {
         applied: new.len(),
         // Redelivered offsets, copies within the batch, and ids already in the history.
         duplicates: decoded - new.len(),
         deltas,
-    })
+    }))
 }
 
 /// Times a batch's steps into `aggregator_batch_step_seconds{step}`, so that
@@ -198,9 +256,9 @@ async fn locked_offsets(
 /// course without one yet); returns each existing course's version.
 async fn locked_courses(
     tx: &mut mysql_async::Transaction<'_>,
-    fresh: &[&Received],
+    events: &[Received],
 ) -> Result<HashMap<String, i64>, SinkError> {
-    let courses: BTreeSet<&str> = fresh.iter().map(|r| r.event.course_id.as_str()).collect();
+    let courses: BTreeSet<&str> = events.iter().map(|r| r.event.course_id.as_str()).collect();
     let courses: Vec<&str> = courses.into_iter().collect();
     let mut versions = HashMap::new();
     for chunk in courses.chunks(INSERT_ROWS) {
@@ -263,9 +321,11 @@ async fn insert_history<'a>(
     }
     // Some were there already (a replayed spool, a retried produce, a
     // redelivery after MySQL's offsets were lost). Ours are the rows with our
-    // partition, offset and this batch's received_at: the offset rows locked
-    // above keep anyone else from writing the same partition and offset, and
-    // an earlier copy at the same position has an earlier received_at.
+    // partition, offset and this batch's received_at: another writer of the
+    // same partition and offset holds the same courses (step 1), so it
+    // committed before this insert, and its offsets then fail this batch at
+    // step 5 (or were read and skipped); an earlier copy at the same position
+    // has an earlier received_at.
     let now_micros = (now_at.unix_timestamp_nanos() / 1000) as i64;
     let mut ours = HashSet::new();
     for chunk in fresh.chunks(INSERT_ROWS) {
@@ -447,6 +507,47 @@ async fn record_offsets(
     }
     tx.exec_drop(sql, Params::Positional(params)).await?;
     Ok(())
+}
+
+/// Moves each partition's next offset past the batch, provided it is at most
+/// the batch's first event of that partition (nothing of the batch was applied
+/// before); false, with nothing moved that matters, when a partition's is not
+/// (or has no row yet). A partition with only poison messages moves without
+/// the condition: it has nothing to count twice.
+async fn advance_offsets(
+    tx: &mut mysql_async::Transaction<'_>,
+    topic: &str,
+    events: &[Received],
+    consumed: &BTreeMap<i32, i64>,
+    now: &str,
+) -> Result<bool, SinkError> {
+    if consumed.is_empty() {
+        return Ok(true);
+    }
+    let mut first: HashMap<i32, i64> = HashMap::new();
+    for r in events {
+        let at = first.entry(r.partition).or_insert(r.offset);
+        *at = (*at).min(r.offset);
+    }
+    let sql = format!(
+        "UPDATE consumer_offsets
+         SET next_offset = GREATEST(next_offset, CASE kafka_partition {} END), updated_at = ?
+         WHERE topic = ? AND ({})",
+        vec!["WHEN ? THEN ?"; consumed.len()].join(" "),
+        vec!["(kafka_partition = ? AND next_offset <= ?)"; consumed.len()].join(" OR ")
+    );
+    let mut params = Vec::with_capacity(consumed.len() * 4 + 2);
+    for (partition, last) in consumed {
+        params.extend([Value::from(*partition), Value::from(last + 1)]);
+    }
+    params.extend([Value::from(now), Value::from(topic)]);
+    for partition in consumed.keys() {
+        let bound = first.get(partition).copied().unwrap_or(i64::MAX);
+        params.extend([Value::from(*partition), Value::from(bound)]);
+    }
+    tx.exec_drop(sql, Params::Positional(params)).await?;
+    // Each matching row changes (its updated_at at least), so it is counted.
+    Ok(tx.affected_rows() == consumed.len() as u64)
 }
 
 /// A connection, or `Unavailable` within 5 s (mysql_async has no connect timeout).
