@@ -65,6 +65,9 @@ enum Command {
         rows: usize,
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// Connections inserting at once, each its share of the rows.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
     /// Wait until the aggregator recorded COUNT offsets of TOPIC; its rate from its first progress.
     Drain {
@@ -135,10 +138,11 @@ async fn main() -> anyhow::Result<()> {
             students,
         } => prefill(&brokers, &topic, count, courses, students).await,
         Command::InsertCeiling {
+            connections,
             mysql_url,
             rows,
             batch,
-        } => insert_ceiling(&mysql_url, rows, batch).await,
+        } => insert_ceiling(&mysql_url, rows, batch, connections).await,
         Command::Drain {
             mysql_url,
             topic,
@@ -356,8 +360,16 @@ fn ceiling_rows(rows: usize) -> Vec<Vec<Value>> {
         .collect()
 }
 
-async fn insert_ceiling(url: &str, rows: usize, batch: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(batch > 0 && rows > 0, "rows and batch must be positive");
+async fn insert_ceiling(
+    url: &str,
+    rows: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        batch > 0 && rows > 0 && connections > 0,
+        "rows, batch and connections must be positive"
+    );
     shared::db::migrate(url).await?;
     let pool = shared::db::pool(url)?;
     let mut conn = pool.get_conn().await.context("connecting to MySQL")?;
@@ -366,20 +378,46 @@ async fn insert_ceiling(url: &str, rows: usize, batch: usize) -> anyhow::Result<
     conn.query_drop(format!("CREATE TABLE {CEILING_TABLE} LIKE feedback_events"))
         .await?;
     let data = ceiling_rows(rows);
+    // Each connection takes every n-th batch, so all write one table at once.
+    let batches: Vec<Vec<Vec<Value>>> = data.chunks(batch).map(<[_]>::to_vec).collect();
+    let mut shares: Vec<Vec<Vec<Vec<Value>>>> = vec![Vec::new(); connections];
+    for (n, chunk) in batches.into_iter().enumerate() {
+        shares[n % connections].push(chunk);
+    }
+    let mut conns = vec![conn];
+    for _ in 1..connections {
+        conns.push(pool.get_conn().await.context("connecting to MySQL")?);
+    }
     let bar = progress(rows as u64, "insert");
     let started = Instant::now();
-    for chunk in data.chunks(batch) {
-        insert_batch(&mut conn, chunk).await?;
-        bar.inc(chunk.len() as u64);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .zip(shares)
+        .map(|(mut conn, share)| {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                for chunk in &share {
+                    insert_batch(&mut conn, chunk).await?;
+                    bar.inc(chunk.len() as u64);
+                }
+                anyhow::Ok(conn)
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for task in tasks {
+        conns.push(task.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    conn.query_drop(format!("DROP TABLE {CEILING_TABLE}"))
+    conns[0]
+        .query_drop(format!("DROP TABLE {CEILING_TABLE}"))
         .await?;
-    drop(conn);
+    drop(conns);
     pool.disconnect().await?;
     report("rows", rows);
     report("batch", batch);
+    report("connections", connections);
     report("seconds", format!("{seconds:.2}"));
     report("rate", format!("{:.0}", rows as f64 / seconds));
     Ok(())
