@@ -236,27 +236,31 @@ impl Seed {
     /// response (`current_responses`, which has no comment).
     pub async fn responses(&self, course: &str, rows: &[Response]) {
         self.history(course, rows).await;
-        self.insert("current_responses", false, course, rows).await;
+        self.insert(false, course, rows).await;
     }
 
     /// Inserts submissions of `course` into the history only: superseded
     /// ones, whose students' current responses are others.
     pub async fn history(&self, course: &str, rows: &[Response]) {
-        self.insert("feedback_events", true, course, rows).await;
+        self.insert(true, course, rows).await;
     }
 
-    /// Inserts `rows` into `table`, 500 per statement; the history's rows
-    /// have a comment and a position in the topic (partition 0, offset 0).
-    async fn insert(&self, table: &str, history: bool, course: &str, rows: &[Response]) {
-        let columns = if history {
-            "course_id, student_key, feedback_id, rating, submitted_at, comment, kafka_partition, kafka_offset"
+    /// Inserts `rows` into the history or `current_responses`, 500 per
+    /// statement; the history's rows have a comment and a position in the
+    /// topic (partition 0, offset 0).
+    async fn insert(&self, history: bool, course: &str, rows: &[Response]) {
+        let (table, columns, row) = if history {
+            (
+                "feedback_events",
+                "course_id, student_key, feedback_id, rating, submitted_at, comment, kafka_partition, kafka_offset",
+                "(?, ?, ?, ?, ?, ?, 0, 0)",
+            )
         } else {
-            "course_id, student_key, feedback_id, rating, submitted_at"
-        };
-        let row = if history {
-            "(?, ?, ?, ?, ?, ?, 0, 0)"
-        } else {
-            "(?, ?, ?, ?, ?)"
+            (
+                "current_responses",
+                "course_id, student_key, feedback_id, rating, submitted_at",
+                "(?, ?, ?, ?, ?)",
+            )
         };
         let mut conn = self.pool.get_conn().await.unwrap();
         for chunk in rows.chunks(500) {
