@@ -38,8 +38,8 @@ CONNECTIONS=${BENCH_CONNECTIONS:-64}
 # /healthz itself showed about 4 ms. At 32: stats 5-16 ms, /healthz 1.8-3.3 ms.
 HALF_CONNECTIONS=${BENCH_HALF_CONNECTIONS:-32}
 # Each half-load p99 is the median of this many 10 s runs, stats and /healthz
-# taking turns: on these two shared cores, one run's p99 ranged from 2.5 to 13
-# ms for the same build, so a single run said more about the moment than the build.
+# taking turns: on these two shared cores, one run's p99 ranged from about 2 to
+# 17 ms for the same build, so a single run said more about the moment than the build.
 HALF_REPEATS=${BENCH_HALF_REPEATS:-3}
 # A submission is answered only once Kafka acknowledged it, so each connection
 # waits a broker round trip (2-4 ms here) per request: at 64 connections the
@@ -55,6 +55,7 @@ FRESH_RATE=${BENCH_FRESH_RATE:-5000}
 FRESH_SECONDS=${BENCH_FRESH_SECONDS:-10}
 FRESH_COURSES=${BENCH_FRESH_COURSES:-50}
 STATS_COURSES=20
+[[ $HALF_REPEATS =~ ^[1-9][0-9]*$ ]] || die "BENCH_HALF_REPEATS must be a whole number of at least 1"
 # The aggregator's lanes (its own default unless FEEDBACK_SINK_LANES is set).
 LANES=${FEEDBACK_SINK_LANES:-3}
 
