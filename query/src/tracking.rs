@@ -362,7 +362,7 @@ mod tests {
         }
         kept.on_push(
             0,
-            &invalidate(&["feedback:course:A", "feedback:course:A:floor", "other"]),
+            &invalidate(&["feedback:course:A", "feedback:floor:B", "other"]),
         );
         assert_eq!((kept.get("A"), kept.get("B")), (None, Some(row(1))));
     }

@@ -117,6 +117,41 @@ async fn a_late_fill_loses_to_a_delta_that_got_there_first() {
 }
 
 #[tokio::test]
+async fn a_course_named_like_another_courses_floor_keeps_its_own_hash() {
+    // Course ids may contain `:`. With the floor at `feedback:course:X:floor`,
+    // course `X:floor`'s hash was course `X`'s floor: a delta's gap on `X`
+    // overwrote it with a number, and every read of it failed with WRONGTYPE.
+    let query = TestQuery::spawn().await;
+    query.seed().stats("X", [0, 0, 0, 1, 0], 5).await;
+    let other = query.seed().stats("X:floor", [2, 0, 0, 0, 1], 7).await;
+    assert_eq!(query.stats_of("X").await["source"], "database");
+    assert_eq!(query.stats_of("X:floor").await["source"], "database");
+
+    // A delta 9 → 10 finds `X` at 5: the hash is deleted and `X`'s floor raised.
+    let mut redis = query.redis().await;
+    let applied = Scripts::new()
+        .apply(&mut redis, &[delta("X", 9, 4)])
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![Applied::Invalidated]);
+
+    assert_eq!(
+        shared::cache::read(&mut redis, "X:floor").await.unwrap(),
+        Some(other.clone()),
+        "course X:floor's hash is untouched by X's floor"
+    );
+    let stats = query.stats_of("X:floor").await;
+    assert_eq!(stats["source"], "cache");
+    assert_eq!(figures(&stats), expected(&other));
+    assert_eq!(
+        query.stats.counts().fallbacks,
+        0,
+        "no Redis error on the way"
+    );
+    query.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_hash_is_kept_in_memory_until_redis_says_it_changed_expired_or_was_flushed() {
     // A Redis of its own: tracking is server-wide, so another test's FLUSHDB
     // (each fresh test database starts with one) on the shared server would

@@ -15,8 +15,10 @@
 //! One race remains in that design: a reader takes version v from MySQL, a
 //! delta v → v+1 finds no hash and is skipped, then the reader fills v, which
 //! stays stale. So a skipped or gap-deleted delta leaves a *floor*
-//! (`feedback:course:{course_id}:floor` = v+1, for a minute) and a fill below
+//! (`feedback:floor:{course_id}` = v+1, for a minute) and a fill below
 //! the floor is refused: the reader answers from MySQL and the next read fills.
+//! Floors have their own prefix: course ids may contain `:`, so a suffix
+//! (`feedback:course:X:floor`, before) named course `X:floor`'s hash too.
 //!
 //! So Redis never holds numbers MySQL never had, nor numbers older than a
 //! delta it has seen.
@@ -33,7 +35,7 @@ pub fn course_key(course_id: &str) -> String {
 
 /// The floor key of a course: fills below this version are refused.
 pub fn floor_key(course_id: &str) -> String {
-    format!("feedback:course:{course_id}:floor")
+    format!("feedback:floor:{course_id}")
 }
 
 /// How long a floor lives: far longer than a read-then-fill takes.
