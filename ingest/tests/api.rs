@@ -225,7 +225,18 @@ async fn every_bad_input_gets_its_status_code_and_field() {
 
     let r = ingest.client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(error_of(r).await["code"], "method_not_allowed");
+    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+        let r = ingest
+            .client
+            .delete(format!("{}{path}", ingest.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(error_of(r).await["code"], "method_not_allowed", "{path}");
+    }
     let r = ingest
         .client
         .get(format!("{}/nope", ingest.url))

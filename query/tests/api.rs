@@ -161,7 +161,20 @@ async fn bad_course_ids_unknown_paths_and_wrong_methods_answer_in_the_contract_f
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
     assert_eq!(error_of(response).await["code"], "method_not_allowed");
+    // The pages and probes too, with the contract's body rather than an empty one.
+    for path in ["/admin", "/healthz", "/readyz", "/metrics"] {
+        let response = query
+            .client
+            .post(format!("{}{path}", query.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(response.headers()["allow"], "GET,HEAD", "{path}");
+        assert_eq!(error_of(response).await["code"], "method_not_allowed");
+    }
     query.shutdown().await;
 }
 

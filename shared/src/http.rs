@@ -193,6 +193,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = app
         .fallback(not_found)
+        // Every path's wrong method, `/healthz` and the pages included: the
+        // contract's 405 body instead of axum's empty one.
+        .method_not_allowed_fallback(method_not_allowed)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
