@@ -46,6 +46,9 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        // The contract names no audience: a token that carries one (an
+        // identity provider's, say) is judged on the claims it does name.
+        validation.validate_aud = false;
         Ok(Self {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
@@ -71,11 +74,10 @@ impl JwtKeys {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            // The scheme is case-insensitive (RFC 9110 §11.1): `BEARER x` too.
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
         let claims = self.verify(token)?;
@@ -187,6 +189,46 @@ mod tests {
         assert_eq!(
             status(keys.authorize(&bearer(&forged), Role::Student)),
             StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+        let keys = JwtKeys::new(SECRET).unwrap();
+        let token = keys.mint("alice", Role::Student, 60);
+        let with = |value: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            status(keys.authorize(&headers, Role::Student))
+        };
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert_eq!(
+                with(format!("{scheme} {token}")),
+                StatusCode::OK,
+                "{scheme}"
+            );
+        }
+        assert_eq!(with(format!("Bearer  {token} ")), StatusCode::OK);
+        for value in [format!("Basic {token}"), token.clone(), "Bearer ".into()] {
+            assert_eq!(with(value.clone()), StatusCode::UNAUTHORIZED, "{value}");
+        }
+    }
+
+    #[test]
+    fn an_audience_the_contract_does_not_name_is_not_held_against_a_token() {
+        let keys = JwtKeys::new(SECRET).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        let claims =
+            serde_json::json!({"sub": "a", "role": "admin", "exp": now + 60, "aud": "sso"});
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            status(keys.authorize(&bearer(&token), Role::Admin)),
+            StatusCode::OK
         );
     }
 
