@@ -74,32 +74,52 @@ pub async fn submit(
     };
     let feedback_id = event.feedback_id.to_string();
 
-    let answer = match idempotency_key {
-        None => deliver(&state, record, feedback_id).await?,
-        Some(key) => match state
-            .idempotency
-            .claim(&student, &key, record, feedback_id)
-            .await?
-        {
-            Claim::Replay(answer) => answer,
-            Claim::Submit {
-                key,
-                record,
-                feedback_id,
-            } => match deliver(&state, record, feedback_id).await {
-                Ok(answer) => {
-                    state.idempotency.finish(key, &answer).await;
-                    answer
-                }
-                Err(err) => {
-                    state.idempotency.release(&key);
-                    return Err(err);
-                }
-            },
-        },
-    };
+    let answer =
+        match idempotency_key {
+            None => deliver(&state, record, feedback_id).await?,
+            // A task of its own: a client hanging up drops this handler, and a
+            // reservation dropped half-way would answer every retry of the key
+            // with 409 until the process restarts.
+            Some(key) => tokio::spawn(async move {
+                idempotent(&state, &student, &key, record, feedback_id).await
+            })
+            .await
+            .map_err(ApiError::internal)??,
+        };
     tracing::debug!(feedback_id = %answer.feedback_id, status = ?answer.status, "feedback taken");
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Reserves the student's `key`, delivers, and records the answer; or
+/// answers as the first request with the key did.
+async fn idempotent(
+    state: &AppState,
+    student: &StudentKey,
+    key: &str,
+    record: SpooledRecord,
+    feedback_id: String,
+) -> Result<Answer, ApiError> {
+    match state
+        .idempotency
+        .claim(student, key, record, feedback_id)
+        .await?
+    {
+        Claim::Replay(answer) => Ok(answer),
+        Claim::Submit {
+            key,
+            record,
+            feedback_id,
+        } => match deliver(state, record, feedback_id).await {
+            Ok(answer) => {
+                state.idempotency.finish(key, &answer).await;
+                Ok(answer)
+            }
+            Err(err) => {
+                state.idempotency.release(&key);
+                Err(err)
+            }
+        },
+    }
 }
 
 async fn deliver(

@@ -465,3 +465,63 @@ async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
     );
     ingest.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_does_not_lock_its_idempotency_key() {
+    // A "broker" that accepts connections and never answers: the first
+    // request waits on its delivery until the client gives up.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let mut config = config("never-created", temp_dir("spool"));
+    config.brokers = broker;
+    config.delivery_timeout = Duration::from_secs(2);
+    let ingest = TestIngest::spawn_with(config).await;
+    let post = |client: &reqwest::Client| {
+        client
+            .post(format!("{}/v1/feedback", ingest.url))
+            .bearer_auth(student("hana"))
+            .header("idempotency-key", "hang-up")
+            .json(&json!({"course_id": "CS101", "rating": 4}))
+            .send()
+    };
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = post(&impatient).await;
+    assert!(
+        gave_up.as_ref().is_err_and(|e| e.is_timeout()),
+        "the first request is still delivering when its client hangs up: {gave_up:?}"
+    );
+
+    // The retry waits for the first request's delivery (spooled when the
+    // broker does not answer) and gets its answer, rather than a 409.
+    let retry = post(&ingest.client).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["status"], "spooled");
+    let again: Value = post(&ingest.client).await.unwrap().json().await.unwrap();
+    assert_eq!(again, retry, "the same answer again");
+    let ready: Value = ingest
+        .client
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["spool"]["depth"], 1,
+        "one event for the key"
+    );
+    ingest.shutdown().await;
+    held.abort();
+}
