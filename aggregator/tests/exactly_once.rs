@@ -479,6 +479,10 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     bad_schema["rating"] = serde_json::json!(9);
     let mut bad_version = serde_json::to_value(&good[1]).unwrap();
     bad_version["version"] = serde_json::json!(2);
+    // In UTC past the year 9999: converting it panicked a lane, and the
+    // restarted aggregator met it again (a crash loop).
+    let mut bad_time = serde_json::to_value(&good[2]).unwrap();
+    bad_time["submitted_at"] = serde_json::json!("9999-12-31T23:30:00-01:00");
     let mut messages: Vec<(String, Vec<u8>)> = good[..10]
         .iter()
         .map(|e| (key.clone(), e.to_json()))
@@ -486,6 +490,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     messages.push((key.clone(), b"not json at all".to_vec()));
     messages.push((key.clone(), serde_json::to_vec(&bad_schema).unwrap()));
     messages.push((key.clone(), serde_json::to_vec(&bad_version).unwrap()));
+    messages.push((key.clone(), serde_json::to_vec(&bad_time).unwrap()));
     messages.extend(good[10..].iter().map(|e| (key.clone(), e.to_json())));
     produce_raw(&scenario.topic, &messages).await;
 
@@ -497,7 +502,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     .await;
     let dead = feedback_tests::consume(
         &shared::kafka::dlq_topic(&scenario.topic),
-        3,
+        4,
         Duration::from_secs(30),
     )
     .await
@@ -505,7 +510,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     let payloads: Vec<Vec<u8>> = dead.iter().map(|m| m.payload.clone()).collect();
     assert_eq!(
         payloads,
-        messages[10..13]
+        messages[10..14]
             .iter()
             .map(|(_, p)| p.clone())
             .collect::<Vec<_>>()
@@ -514,19 +519,20 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
         dead.iter().all(|m| m.key == key),
         "the key travels with the poison"
     );
-    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic)).await;
+    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic), 4).await;
     assert!(reasons[0].contains("not a JSON event"), "{reasons:?}");
     assert!(reasons[1].contains("rating"), "{reasons:?}");
     assert!(
         reasons[2].contains("unknown event version 2"),
         "{reasons:?}"
     );
-    assert!(metric(&aggregator.metrics().await, "aggregator_dlq_total") >= 3.0);
+    assert!(reasons[3].contains("submitted_at"), "{reasons:?}");
+    assert!(metric(&aggregator.metrics().await, "aggregator_dlq_total") >= 4.0);
     aggregator.shutdown().await;
 }
 
-/// The `x-dlq-reason` header of each dead letter, in order.
-async fn dlq_reasons(topic: &str) -> Vec<String> {
+/// The `x-dlq-reason` header of the first `count` dead letters, in order.
+async fn dlq_reasons(topic: &str, count: usize) -> Vec<String> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let consumer: StreamConsumer = shared::kafka::client_config(&feedback_tests::kafka_brokers())
@@ -536,7 +542,7 @@ async fn dlq_reasons(topic: &str) -> Vec<String> {
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut reasons = Vec::new();
-    while reasons.len() < 3 {
+    while reasons.len() < count {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .unwrap()

@@ -43,6 +43,8 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("unknown event version {0}")]
     UnknownVersion(u32),
+    #[error("submitted_at {0} is not a UTC time between the years 1000 and 9999")]
+    SubmittedAt(String),
 }
 
 impl FeedbackSubmitted {
@@ -70,21 +72,33 @@ impl FeedbackSubmitted {
 
     /// Parses an event from the topic, refusing other types and versions.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let event: Self = serde_json::from_slice(bytes)?;
+        let mut event: Self = serde_json::from_slice(bytes)?;
         if event.event_type != EVENT_TYPE {
             return Err(DecodeError::UnknownType(event.event_type));
         }
         if event.version != EVENT_VERSION {
             return Err(DecodeError::UnknownVersion(event.version));
         }
+        // The schema's UTC, within MySQL's DATETIME range (a year past 9999
+        // in UTC would not even convert), at the microseconds DATETIME(6)
+        // keeps: the counting rule then compares the same instant in a
+        // batch as it does against the stored row.
+        let at = event.submitted_at;
+        if at.offset() != time::UtcOffset::UTC || !(1000..=9999).contains(&at.year()) {
+            return Err(DecodeError::SubmittedAt(at.to_string()));
+        }
+        event.submitted_at = truncate_to_micros(at);
         Ok(event)
     }
 }
 
 /// The current UTC time truncated to whole microseconds.
 pub fn now_micros() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+    truncate_to_micros(OffsetDateTime::now_utc())
+}
+
+fn truncate_to_micros(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
         .expect("a truncated nanosecond is in range")
 }
 
@@ -123,6 +137,32 @@ mod tests {
         value["rating"] = 9.into();
         assert!(FeedbackSubmitted::decode(value.to_string().as_bytes()).is_err());
         assert!(FeedbackSubmitted::decode(b"not json").is_err());
+    }
+
+    #[test]
+    fn decode_refuses_times_outside_utc_or_datetime_range_and_keeps_microseconds() {
+        let with = |at: &str| {
+            let mut value = serde_json::to_value(sample()).unwrap();
+            value["submitted_at"] = at.into();
+            FeedbackSubmitted::decode(value.to_string().as_bytes())
+        };
+        for at in [
+            "9999-12-31T23:30:00-01:00",
+            "2026-11-01T10:00:00+08:00",
+            "0999-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(matches!(with(at), Err(DecodeError::SubmittedAt(_))), "{at}");
+        }
+        assert_eq!(
+            with("9999-12-31T23:59:59.999999999Z").unwrap().submitted_at,
+            time::macros::datetime!(9999-12-31 23:59:59.999999 UTC)
+        );
+        assert_eq!(
+            with("2026-11-01T10:00:00.0000009Z").unwrap().submitted_at,
+            with("2026-11-01T10:00:00.0000005Z").unwrap().submitted_at,
+            "both are 10:00:00.000000, as MySQL stores them"
+        );
     }
 
     #[test]
