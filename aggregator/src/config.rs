@@ -45,6 +45,16 @@ impl Config {
             (1..=64).contains(&lanes),
             "FEEDBACK_SINK_LANES must be 1 to 64"
         );
+        let reconcile_interval_ms: u64 = parse_or("FEEDBACK_RECONCILE_INTERVAL_MS", 2_000)?;
+        anyhow::ensure!(
+            (1..=3_600_000).contains(&reconcile_interval_ms),
+            "FEEDBACK_RECONCILE_INTERVAL_MS must be 1 to 3600000 (an hour)"
+        );
+        let reconcile_window_secs: u64 = parse_or("FEEDBACK_RECONCILE_WINDOW_SECS", 600)?;
+        anyhow::ensure!(
+            (1..=2_592_000).contains(&reconcile_window_secs),
+            "FEEDBACK_RECONCILE_WINDOW_SECS must be 1 to 2592000 (30 days)"
+        );
         Ok(Self {
             addr: var_or("FEEDBACK_AGGREGATOR_ADDR", "127.0.0.1:8081"),
             brokers: shared::config::kafka_brokers(),
@@ -55,12 +65,9 @@ impl Config {
             batch_size,
             linger: Duration::from_millis(parse_or("FEEDBACK_BATCH_LINGER_MS", 50)?),
             lanes,
-            cache_ttl_secs: parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?,
-            reconcile_interval: Duration::from_millis(parse_or(
-                "FEEDBACK_RECONCILE_INTERVAL_MS",
-                2_000,
-            )?),
-            reconcile_window: Duration::from_secs(parse_or("FEEDBACK_RECONCILE_WINDOW_SECS", 600)?),
+            cache_ttl_secs: shared::config::cache_ttl_secs()?,
+            reconcile_interval: Duration::from_millis(reconcile_interval_ms),
+            reconcile_window: Duration::from_secs(reconcile_window_secs),
         })
     }
 }

@@ -54,7 +54,7 @@ impl Ttl {
         if spread == 0 {
             return self.0;
         }
-        rand::random_range(self.0 - spread..=self.0 + spread)
+        rand::random_range(self.0 - spread..=self.0.saturating_add(spread))
     }
 }
 
@@ -204,9 +204,13 @@ impl Stats {
         let this = self.clone();
         let id = course.to_owned();
         let task = tokio::spawn(async move {
-            let result = this.load_and_fill(&id).await;
+            // Caught, so the entry goes even if the load panics: a panicked
+            // load left in the map would answer every later miss with 503.
+            let result = std::panic::AssertUnwindSafe(this.load_and_fill(&id))
+                .catch_unwind()
+                .await;
             this.lock_inflight().remove(&id);
-            result
+            result.unwrap_or_else(|_| Err(Unavailable("the load panicked".into())))
         });
         let load = async move {
             task.await
@@ -267,5 +271,7 @@ mod tests {
         assert!(picks.iter().any(|t| *t != picks[0]), "not all the same");
         assert_eq!(Ttl(0).pick(), 0, "0 keeps meaning no expiry");
         assert_eq!(Ttl(5).pick(), 5);
+        let huge = Ttl(u64::MAX).pick();
+        assert!(huge >= u64::MAX - u64::MAX / 10, "no overflow at the top");
     }
 }

@@ -29,13 +29,14 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let cache_ttl_secs = shared::config::cache_ttl_secs()?;
         Ok(Self {
             addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
             redis_url: shared::config::redis_url(),
             mysql_url: shared::config::mysql_url(),
             mysql_read_url: var("FEEDBACK_MYSQL_READ_URL"),
             jwt_secret: shared::config::jwt_secret()?,
-            cache_ttl_secs: parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?,
+            cache_ttl_secs,
             prewarm_courses: parse_or("FEEDBACK_PREWARM_COURSES", 100)?,
             redis_timeout: Duration::from_millis(parse_or("FEEDBACK_QUERY_REDIS_TIMEOUT_MS", 250)?),
             mysql_timeout: Duration::from_millis(parse_or(

@@ -30,6 +30,17 @@ where
     }
 }
 
+/// `FEEDBACK_CACHE_TTL_SECS` (default 86400, 0 = no expiry, at most 10
+/// years): the TTL of the course hashes query and the aggregator fill.
+pub fn cache_ttl_secs() -> anyhow::Result<u64> {
+    let ttl: u64 = parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?;
+    anyhow::ensure!(
+        ttl <= 315_360_000,
+        "FEEDBACK_CACHE_TTL_SECS must be at most 315360000 (10 years; 0 means no expiry)"
+    );
+    Ok(ttl)
+}
+
 /// `FEEDBACK_JWT_SECRET`: required by ingest and query, at least 32 bytes.
 pub fn jwt_secret() -> anyhow::Result<String> {
     let secret = var("FEEDBACK_JWT_SECRET")
