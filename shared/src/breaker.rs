@@ -114,11 +114,21 @@ impl Breaker {
         self.publish(State::Closed);
     }
 
-    /// A delivery failed; enough of them in a row open the breaker.
+    /// A delivery failed; enough of them in a row open the breaker. A
+    /// failure reported while open is a call admitted before the opening
+    /// that ended late: it says nothing new, so it neither re-opens the
+    /// breaker nor doubles the cool-down.
     pub fn record_failure(&self) {
         let mut inner = self.lock();
-        inner.failures += 1;
-        if inner.state == State::HalfOpen || inner.failures >= FAILURES_TO_OPEN {
+        let reopen = match inner.state {
+            State::Open => false,
+            State::HalfOpen => true,
+            State::Closed => {
+                inner.failures += 1;
+                inner.failures >= FAILURES_TO_OPEN
+            }
+        };
+        if reopen {
             self.open(&mut inner);
             self.opened.notify_waiters();
         }
@@ -192,6 +202,34 @@ mod tests {
         assert!(!breaker.try_probe(), "no probe while cooling down");
         breaker.record_success();
         assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failures_while_open_neither_reopen_nor_lengthen_the_cool_down() {
+        let breaker = Breaker::new("test", "test_breaker_state");
+        for _ in 0..3 {
+            breaker.record_failure();
+        }
+        assert_eq!(breaker.until_probe(), MIN_COOL_DOWN);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Calls admitted before the opening, timing out now.
+        for _ in 0..9 {
+            breaker.record_failure();
+        }
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(
+            breaker.until_probe(),
+            MIN_COOL_DOWN - Duration::from_millis(100),
+            "the first cool-down runs its course"
+        );
+        tokio::time::advance(MIN_COOL_DOWN).await;
+        assert!(breaker.try_probe());
+        breaker.record_failure();
+        assert_eq!(
+            breaker.until_probe(),
+            MIN_COOL_DOWN * 2,
+            "a failed probe doubles it once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
