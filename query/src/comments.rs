@@ -34,6 +34,11 @@ use crate::{time_fmt, AppState};
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
 
+/// `1000-01-01 00:00:00` and `9999-12-31 23:59:59.999999` UTC, in
+/// microseconds since the epoch.
+const DATETIME_FIRST_MICROS: i64 = -30_610_224_000_000_000;
+const DATETIME_LAST_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Where a page starts: just after (older than) this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -54,7 +59,11 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-        let submitted_at_micros = micros.parse().map_err(|_| invalid())?;
+        let submitted_at_micros: i64 = micros.parse().map_err(|_| invalid())?;
+        // Within DATETIME's years 1000 to 9999, as every stored row is.
+        if !(DATETIME_FIRST_MICROS..=DATETIME_LAST_MICROS).contains(&submitted_at_micros) {
+            return Err(invalid());
+        }
         let id_ok = id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric());
         if !id_ok {
             return Err(invalid());
@@ -187,6 +196,17 @@ mod tests {
             feedback_id: "01JC0000000000000000000000".into(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        for edge in [DATETIME_FIRST_MICROS, DATETIME_LAST_MICROS] {
+            let cursor = Cursor {
+                submitted_at_micros: edge,
+                ..cursor.clone()
+            };
+            assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+            assert_eq!(
+                shared::db::from_micros(edge).year(),
+                if edge < 0 { 1000 } else { 9999 }
+            );
+        }
         let forged = |text: &str| URL_SAFE_NO_PAD.encode(text);
         for bad in [
             "".to_owned(),
@@ -196,6 +216,10 @@ mod tests {
             forged("x:01JC0000000000000000000000"),
             forged("1:01JC00000000000000000000'; --"),
             URL_SAFE_NO_PAD.encode([0xff, 0xfe, b':']),
+            // Outside DATETIME: the year 10000, and one before the year 1000.
+            forged("253402300800000000:01JC0000000000000000000000"),
+            forged("-30610224000000001:01JC0000000000000000000000"),
+            forged("-9223372036854775808:01JC0000000000000000000000"),
         ] {
             let err = Cursor::decode(&bad).unwrap_err();
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
