@@ -114,7 +114,7 @@ impl Idempotency {
             record: Some(record.clone()),
         };
         loop {
-            let current = self.tree().get(&db_key).map_err(ApiError::internal)?;
+            let current = self.tree().get(&db_key).map_err(store_failed)?;
             let existing = current
                 .as_ref()
                 .and_then(|v| serde_json::from_slice::<Entry>(v).ok());
@@ -158,7 +158,7 @@ impl Idempotency {
                 }
                 None => (mine.clone(), record.clone(), feedback_id.clone()),
             };
-            let value = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
+            let value = serde_json::to_vec(&entry).expect("entries serialise");
             match self.tree().compare_and_swap(&db_key, current, Some(value)) {
                 Ok(Ok(())) => {
                     return Ok(Claim::Submit {
@@ -168,7 +168,7 @@ impl Idempotency {
                     })
                 }
                 Ok(Err(_)) => continue, // Someone else changed it first: look again.
-                Err(e) => return Err(ApiError::internal(e)),
+                Err(e) => return Err(store_failed(e)),
             }
         }
     }
@@ -231,6 +231,16 @@ impl Idempotency {
             }
         });
     }
+}
+
+/// The local store failing (a disk fault): the contract's 503, never a 500.
+fn store_failed(err: sled::Error) -> ApiError {
+    tracing::error!(%err, "the idempotency store failed");
+    ApiError::unavailable(
+        "unavailable",
+        "feedback cannot be taken right now; please retry shortly",
+        5,
+    )
 }
 
 fn now() -> i64 {

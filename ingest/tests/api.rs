@@ -52,6 +52,28 @@ async fn an_accepted_submission_is_on_the_topic_keyed_by_course_as_schema_valid_
         !message.payload.windows(7).any(|w| w == b"s-1001\""),
         "the raw subject never leaves ingest"
     );
+
+    // A request id past 128 visible ASCII characters is replaced, not kept
+    // with the event.
+    let response = ingest
+        .client
+        .post(format!("{}/v1/feedback", ingest.url))
+        .bearer_auth(student("s-1002"))
+        .header("x-request-id", "x".repeat(20_000))
+        .json(&json!({"course_id": "CS101", "rating": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let replaced = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(replaced.len(), 36, "a fresh UUID: {replaced}");
+    let messages = consume(&ingest.topic, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(messages[1].request_id.as_deref(), Some(replaced.as_str()));
     ingest.shutdown().await;
 }
 

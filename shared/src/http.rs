@@ -202,6 +202,32 @@ pub async fn serve(
         .await
 }
 
+/// The longest `X-Request-Id` a client may choose.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Middleware, outside `SetRequestIdLayer`: drops a client's `X-Request-Id`
+/// that is empty, longer than 128 bytes or not visible ASCII, so a fresh one
+/// is made instead. The id goes into logs, and ingest keeps it with every
+/// spooled event: a client could otherwise make each record some 64 KiB.
+pub async fn sanitize_request_id(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let acceptable = |v: &axum::http::HeaderValue| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    };
+    let headers = request.headers_mut();
+    let values = headers.get_all("x-request-id");
+    let keep = values.iter().count() == 1 && values.iter().all(acceptable);
+    if !keep {
+        headers.remove("x-request-id");
+    }
+    next.run(request).await
+}
+
 /// Middleware: counts requests by route, method and status, and times them.
 /// The route is the matched pattern (`/v1/courses/{course_id}/stats`), never the raw path.
 pub async fn track_metrics(
