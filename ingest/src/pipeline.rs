@@ -179,7 +179,14 @@ impl Pipeline {
         loop {
             let pause = match self.drain_once().await {
                 Ok(Drained::Empty) => None,
-                Ok(Drained::Some) => continue,
+                // More waits: go on at once, unless shutting down (the rest
+                // stays spooled and replays after the restart).
+                Ok(Drained::Some) => {
+                    if futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
+                        break;
+                    }
+                    continue;
+                }
                 Ok(Drained::Waiting(d)) => Some(d),
                 Err(err) => {
                     tracing::error!(%err, "draining the spool failed");
