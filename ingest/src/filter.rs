@@ -1,11 +1,14 @@
-//! The sensitive-word filter: Aho-Corasick (leftmost-longest) over a UTF-8
-//! word list, on a normalised copy of the comment.
+//! The sensitive-word filter: Aho-Corasick (every match, overlapping) over a
+//! UTF-8 word list, on a normalised copy of the comment.
 //!
 //! Normalisation folds full-width forms to half-width and Latin letters to
 //! lower case, and skips symbols and spaces, so `Ｆ.U-c k` and `傻*逼` are found.
 //! Each normalised character remembers where it came from, so a match masks
 //! the original span. Latin words match only as whole words (`class` does not
-//! contain `ass`); CJK words match anywhere, since Chinese has no spaces.
+//! contain `ass`), and across separators only when they are spelt out one
+//! letter at a time (`f.u.c.k`, not `who re` for `whore`); CJK words match
+//! anywhere, since Chinese has no spaces. Every match is weighed, so a longer
+//! word refused (`fucking` in `fuck in general`) does not hide a shorter one.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use anyhow::Context;
@@ -65,7 +68,7 @@ impl SensitiveFilter {
             .map(|w| w.chars().all(|c| c.is_ascii_alphanumeric()))
             .collect();
         let matcher = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::LeftmostLongest)
+            .match_kind(MatchKind::Standard)
             .build(&words)
             .context("building the sensitive-word matcher")?;
         Ok(Self { matcher, latin })
@@ -85,9 +88,12 @@ impl SensitiveFilter {
         }
         let mut masked = original.clone();
         let mut found = false;
-        for m in self.matcher.find_iter(&normalised) {
+        for m in self.matcher.find_overlapping_iter(&normalised) {
             let (first, last) = (origin[m.start()], origin[m.end() - 1]);
-            if self.latin[m.pattern().as_usize()] && !is_whole_word(&original, first, last) {
+            if self.latin[m.pattern().as_usize()]
+                && !(is_whole_word(&original, first, last)
+                    && is_spelt_as_a_word(&original[first..=last]))
+            {
                 continue;
             }
             found = true;
@@ -114,6 +120,22 @@ fn is_whole_word(original: &[char], first: usize, last: usize) -> bool {
         .is_some_and(letter);
     let after = original.get(last + 1).is_some_and(letter);
     !before && !after
+}
+
+/// A Latin match is one run of letters (`fuck`), or single letters split by
+/// separators (`f.u.c.k`, `f u c k`): not whole words that happen to join up
+/// across a space (`who re` → `whore`, `s hit` → `shit`).
+fn is_spelt_as_a_word(span: &[char]) -> bool {
+    let mut pieces = span
+        .split(|c| normalise(*c).is_none())
+        .filter(|piece| !piece.is_empty());
+    let first = pieces.next();
+    match pieces.next() {
+        None => true,
+        Some(second) => {
+            first.is_some_and(|p| p.len() == 1) && second.len() == 1 && pieces.all(|p| p.len() == 1)
+        }
+    }
 }
 
 /// Full-width ASCII forms (U+FF01 to U+FF5E) and the ideographic space to half-width.
@@ -202,8 +224,31 @@ mod tests {
         assert_eq!(
             masked("他妈的作业太多"),
             "***作业太多",
-            "leftmost-longest takes 他妈的 over 妈的"
+            "both 他妈的 and 妈的 are masked"
         );
+    }
+
+    #[test]
+    fn whole_words_that_join_up_across_a_space_are_not_a_match() {
+        let filter =
+            SensitiveFilter::from_words(["whore", "shit", "fuck", "fucking", "fucker"]).unwrap();
+        for innocent in [
+            "the TA who re-graded it",
+            "it's hit or miss",
+            "of uck",
+            "fu ck",
+        ] {
+            assert_eq!(filter.check(innocent), Filtered::Clean, "{innocent}");
+        }
+        // A longer word refused does not hide the shorter one inside it.
+        let masked = |text: &str| match filter.check(text) {
+            Filtered::Masked(m) => m,
+            Filtered::Clean => text.to_owned(),
+        };
+        assert_eq!(masked("fuck in general"), "**** in general");
+        assert_eq!(masked("fuck erase"), "**** erase");
+        assert_eq!(masked("f.u.c.k.i.n.g."), "*************.");
+        assert_eq!(masked("FUCKING late"), "******* late");
     }
 
     #[test]
@@ -216,10 +261,17 @@ mod tests {
             Filtered::Masked(_)
         ));
         assert!(matches!(filter.check("真是个傻逼"), Filtered::Masked(_)));
-        assert_eq!(
-            filter.check("The lectures were clear and helpful. 作业有点多。"),
-            Filtered::Clean
-        );
+        for clean in [
+            "The lectures were clear and helpful. 作业有点多。",
+            "the TA who re-graded my exam was fair",
+            "it's hit or miss whether labs start on time",
+        ] {
+            assert_eq!(filter.check(clean), Filtered::Clean, "{clean}");
+        }
+        assert!(matches!(
+            filter.check("fuck in general"),
+            Filtered::Masked(_)
+        ));
     }
 
     #[test]
