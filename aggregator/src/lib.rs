@@ -131,7 +131,11 @@ impl Application {
             .merge(shared::http::health_routes())
             .layer(shared::http::catch_panic())
             .layer(axum::middleware::from_fn(shared::http::track_metrics))
-            .with_state((self.health.clone(), self.cache.clone()));
+            .with_state(Probes {
+                health: self.health.clone(),
+                cache: self.cache.clone(),
+                pool: self.pool.clone(),
+            });
         let server = tokio::spawn(shared::http::serve(
             self.listener,
             app,
@@ -202,12 +206,33 @@ async fn reconcile_loop(
     }
 }
 
-async fn readyz(State((health, cache)): State<(Arc<Health>, Arc<CacheWriter>)>) -> Response {
-    let sink_up = health.sink_up();
+/// What `/readyz` looks at.
+#[derive(Clone)]
+struct Probes {
+    health: Arc<Health>,
+    cache: Arc<CacheWriter>,
+    pool: mysql_async::Pool,
+}
+
+/// How long `/readyz` waits for MySQL to answer a ping.
+const MYSQL_PROBE: Duration = Duration::from_secs(1);
+
+/// 200 while the sink can commit: no lane is retrying a commit, and MySQL
+/// answers a ping (so an idle aggregator reports a MySQL outage too).
+async fn readyz(State(probes): State<Probes>) -> Response {
+    let (health, cache) = (&probes.health, &probes.cache);
+    let lanes_retrying = health.failing_lanes.load(Ordering::Relaxed);
+    let answers = tokio::time::timeout(MYSQL_PROBE, async {
+        use mysql_async::prelude::Queryable;
+        probes.pool.get_conn().await?.ping().await
+    })
+    .await
+    .is_ok_and(|pinged| pinged.is_ok());
+    let sink_up = health.sink_up() && answers;
     shared::http::readiness(
         sink_up,
         serde_json::json!({
-            "mysql": { "up": sink_up },
+            "mysql": { "up": sink_up, "answers": answers, "lanes_retrying": lanes_retrying },
             "redis": { "up": cache.is_up(), "courses_to_repair": cache.dirty_count() },
             "kafka": { "assigned_partitions": health.assigned.load(Ordering::Relaxed) },
         }),

@@ -142,6 +142,40 @@ async fn mysql_stopped_for_15_seconds_mid_stream_loses_and_skips_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_aggregator_reports_mysql_down_and_back_up() {
+    // No traffic, so no lane fails a commit: only a probe can tell.
+    let mut mysql = PrivateMysql::start().await.unwrap();
+    let redis_url = feedback_tests::fresh_redis_database().await.unwrap();
+    let scenario = Scenario::with(mysql.url("feedback"), redis_url).await;
+    let aggregator = scenario.spawn().await;
+    let (status, body) = aggregator.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["mysql"]["answers"], true, "{body}");
+
+    mysql.kill();
+    let (status, body) = aggregator.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (
+            &body["checks"]["mysql"]["up"],
+            &body["checks"]["mysql"]["lanes_retrying"]
+        ),
+        (&serde_json::json!(false), &serde_json::json!(0)),
+        "{body}"
+    );
+
+    mysql.restart().await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "readyz to report MySQL back",
+        || async { Ok((aggregator.readyz().await.0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+    aggregator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_aggregator_killed_9_three_times_mid_stream_counts_everything_once() {
     let scenario = Scenario::new().await;
     let events = random_events(13, 4000, 10, 400);
