@@ -357,13 +357,16 @@ struct Chunk {
     consumed: BTreeMap<i32, i64>,
 }
 
-/// Decodes a batch; poison goes to the DLQ.
+/// Decodes a batch; poison goes to the DLQ, all of the batch's at once (one
+/// at a time, a batch of poison during a broker restart held its lane for
+/// minutes).
 async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
     let mut chunk = Chunk {
         messages: batch.len(),
         events: Vec::with_capacity(batch.len()),
         consumed: BTreeMap::new(),
     };
+    let mut poison = Vec::new();
     for message in batch {
         let last = chunk
             .consumed
@@ -377,19 +380,16 @@ async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
                 offset: message.offset(),
                 event,
             }),
-            Err(err) => {
-                dead_letters
-                    .send(&Poison {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: payload.to_vec(),
-                        reason: err.to_string(),
-                    })
-                    .await
-            }
+            Err(err) => poison.push(Poison {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                reason: err.to_string(),
+            }),
         }
     }
+    futures::future::join_all(poison.iter().map(|p| dead_letters.send(p))).await;
     chunk
 }
 
