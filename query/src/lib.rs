@@ -170,9 +170,18 @@ async fn prepare(state: AppState, config: Config) {
         wait = (wait * 2).min(Duration::from_secs(10));
     }
     state.migrated.store(true, Ordering::Release);
-    match warm::prewarm(&state.stats, &state.db, config.prewarm_courses).await {
-        Ok(written) => tracing::info!(written, "pre-warm done"),
-        Err(err) => tracing::warn!(%err, "pre-warm skipped"),
+    // Again every 5 s until a pass finds Redis answering: with Redis down at
+    // start, the first pass writes nothing.
+    loop {
+        match warm::prewarm(&state.stats, &state.db, config.prewarm_courses).await {
+            Ok(written) if state.stats.redis.healthy() => {
+                tracing::info!(written, "pre-warm done");
+                return;
+            }
+            Ok(_) => tracing::warn!("pre-warm could not reach Redis; trying again in 5 s"),
+            Err(err) => tracing::warn!(%err, "pre-warm could not read MySQL; trying again in 5 s"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

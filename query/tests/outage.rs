@@ -240,3 +240,32 @@ async fn connections_left_idle_in_the_pool_across_a_mysql_restart_fail_no_work()
     }
     pool.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prewarm_that_met_redis_down_runs_again_once_redis_is_back() {
+    let (mysql_url, _) = fresh_stores().await;
+    let seed = common::Seed::new(&mysql_url);
+    let busy = seed.stats("WARM-LATE", [0, 0, 0, 3, 4], 7).await;
+    let mut private = PrivateRedis::start().await.expect("a private redis-server");
+    private.kill();
+
+    let mut settings = config(&mysql_url, &private.url(0));
+    settings.prewarm_courses = 5;
+    let query = TestQuery::spawn_with(settings).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    private.restart().await.unwrap();
+
+    let redis = redis::Client::open(private.url(0))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let cached = feedback_tests::eventually(Duration::from_secs(20), "the pre-warm", || {
+        let mut redis = redis.clone();
+        async move { Ok(shared::cache::read(&mut redis, "WARM-LATE").await?) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(cached, busy);
+    query.shutdown().await;
+}
