@@ -22,6 +22,12 @@ if [[ ! -x $VENV/bin/check-jsonschema ]]; then
 fi
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
 
+step "schemas/openapi.yaml against the OpenAPI 3.1 schema"
+if [[ ! -x $VENV/bin/openapi-spec-validator ]]; then
+  "$VENV/bin/pip" install -q openapi-spec-validator
+fi
+"$VENV/bin/openapi-spec-validator" schemas/openapi.yaml
+
 step "leftovers of earlier test runs"
 # Each test makes its own database; drop those of earlier runs (never the demo's `feedback`).
 mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'fbtest\\_%'" |
