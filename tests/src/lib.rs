@@ -365,9 +365,14 @@ impl PrivateMysql {
     /// Starts one with extra `mariadbd` options (`["--transaction-isolation=READ-COMMITTED"]`).
     pub async fn start_with(args: &[&str]) -> anyhow::Result<Self> {
         let dir = temp_dir("fbtest-mysql");
+        // A temp dir of its own: in the shared /tmp, concurrent installs'
+        // bootstrap servers clashed on their temporary tables' files and one
+        // failed ("Unknown table 'mysql.tmp_user_sys'", 2 in 8 at once).
+        std::fs::create_dir_all(dir.join("tmp")).context("creating its temp dir")?;
         let status = std::process::Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
@@ -412,6 +417,7 @@ impl PrivateMysql {
                 "--log-error={}",
                 self.dir.join("error.log").display()
             ))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
             .arg(format!("--port={}", self.port))
             .args([
