@@ -62,7 +62,8 @@ impl ConsumerContext for AggregatorContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match claim_offsets_blocking(&self.mysql_url, &self.topic, &partitions) {
-                    Ok(stored) => {
+                    Ok(mut stored) => {
+                        self.rewind_past_log_end(consumer, &mut stored);
                         for partition in &partitions {
                             let offset = stored
                                 .get(partition)
@@ -101,36 +102,104 @@ impl ConsumerContext for AggregatorContext {
     }
 }
 
-/// Reads MySQL's offsets (`sink::claim_offsets`) from inside librdkafka's
-/// callback: on a thread of its own with its own small runtime, so it never
-/// blocks or re-enters the service's.
-fn claim_offsets_blocking(
-    mysql_url: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> anyhow::Result<HashMap<i32, i64>> {
+impl AggregatorContext {
+    /// A partition whose recorded offset lies past the end of its log: Kafka
+    /// lost the log (a broker's data wiped, the topic deleted and made again)
+    /// while MySQL kept its offsets. Starting there would skip every new
+    /// message until the log grew past the old offset. So such a partition
+    /// starts again at its log's beginning, and MySQL's offset moves back
+    /// with it; what was applied already is a duplicate, which the sink
+    /// skips by `feedback_id`. When the log's end cannot be read, or MySQL
+    /// not updated, the offset stays as it was.
+    fn rewind_past_log_end(&self, consumer: &BaseConsumer<Self>, stored: &mut HashMap<i32, i64>) {
+        for (partition, next) in stored.iter_mut() {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&self.topic, *partition, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            if *next <= high {
+                continue;
+            }
+            let (from, to, partition) = (*next, low.max(0), *partition);
+            match rewind_offset_blocking(&self.mysql_url, &self.topic, partition, from, to) {
+                Ok(()) => {
+                    tracing::error!(
+                        partition,
+                        recorded = from,
+                        log_end = high,
+                        restart_at = to,
+                        "MySQL's offset lies past the end of Kafka's log (the log was lost): \
+                         reading the partition again from its beginning"
+                    );
+                    metrics::counter!("aggregator_offsets_rewound_total").increment(1);
+                    *next = to;
+                }
+                Err(err) => tracing::error!(
+                    partition,
+                    recorded = from,
+                    log_end = high,
+                    %err,
+                    "MySQL's offset lies past the end of Kafka's log and could not be moved back"
+                ),
+            }
+        }
+    }
+}
+
+/// Runs `work` on MySQL from inside librdkafka's callback: on a thread of its
+/// own with its own small runtime and pool, so it never blocks or re-enters
+/// the service's; at most 5 s.
+fn mysql_blocking<T, F, Fut>(mysql_url: &str, what: &'static str, work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mysql_async::Pool) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, crate::sink::SinkError>>,
+{
     let url = mysql_url.to_owned();
-    let topic = topic.to_owned();
-    let partitions = partitions.to_vec();
-    std::thread::spawn(move || -> anyhow::Result<HashMap<i32, i64>> {
+    std::thread::spawn(move || -> anyhow::Result<T> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async {
             let pool = shared::db::pool(&url)?;
-            let result = tokio::time::timeout(
-                Duration::from_secs(5),
-                crate::sink::claim_offsets(&pool, &topic, &partitions),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out reading offsets"))?
-            .map_err(anyhow::Error::from);
+            let result = tokio::time::timeout(Duration::from_secs(5), work(pool.clone()))
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out {what}"))?
+                .map_err(anyhow::Error::from);
             let _ = pool.disconnect().await;
             result
         })
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the offsets thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("the MySQL thread panicked"))?
+}
+
+/// Reads MySQL's offsets (`sink::claim_offsets`).
+fn claim_offsets_blocking(
+    mysql_url: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let topic = topic.to_owned();
+    let partitions = partitions.to_vec();
+    mysql_blocking(mysql_url, "reading offsets", move |pool| async move {
+        crate::sink::claim_offsets(&pool, &topic, &partitions).await
+    })
+}
+
+/// Moves a partition's recorded offset back (`sink::rewind_offset`).
+fn rewind_offset_blocking(
+    mysql_url: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<()> {
+    let topic = topic.to_owned();
+    mysql_blocking(mysql_url, "moving an offset back", move |pool| async move {
+        crate::sink::rewind_offset(&pool, &topic, partition, from, to).await
+    })
 }
 
 /// Creates the consumer and subscribes to `topic`.

@@ -597,6 +597,31 @@ pub async fn claim_offsets(
     Ok(rows.into_iter().collect())
 }
 
+/// Moves `partition`'s recorded next offset from `from` back to `to`, if it
+/// is still `from` (the one place an offset goes down: Kafka lost the log).
+pub async fn rewind_offset(
+    pool: &Pool,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Result<(), SinkError> {
+    let mut conn = connect(pool).await?;
+    conn.exec_drop(
+        "UPDATE consumer_offsets SET next_offset = ?, updated_at = ?
+         WHERE topic = ? AND kafka_partition = ? AND next_offset = ?",
+        (
+            to,
+            datetime(shared::event::now_micros()),
+            topic,
+            partition,
+            from,
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::padded;

@@ -626,3 +626,47 @@ async fn the_groups_offsets_in_kafka_catch_up_with_mysqls_while_running_and_at_s
     assert_eq!(in_mysql.values().sum::<i64>(), 1260);
     assert_eq!(kafka_committed(&scenario), in_mysql);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_recorded_past_the_end_of_a_lost_log_are_moved_back_and_nothing_new_is_skipped() {
+    // As after Kafka lost its log (a broker's data wiped, the topic made
+    // again) while MySQL kept its offsets: every partition's offset is far
+    // past the end of the log.
+    let scenario = Scenario::new().await;
+    shared::db::migrate(&scenario.mysql_url).await.unwrap();
+    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
+    let partitions: Vec<i32> = (0..shared::kafka::PARTITIONS).collect();
+    sink::claim_offsets(&pool, &scenario.topic, &partitions)
+        .await
+        .unwrap();
+    {
+        use mysql_async::prelude::Queryable;
+        let mut conn = pool.get_conn().await.unwrap();
+        conn.exec_drop(
+            "UPDATE consumer_offsets SET next_offset = 1000000 WHERE topic = ?",
+            (&scenario.topic,),
+        )
+        .await
+        .unwrap();
+    }
+
+    let events = random_events(22, 600, 6, 120);
+    produce(&scenario.topic, &events).await;
+    let aggregator = scenario.spawn().await;
+    assert_counted(&scenario.mysql_url, &events, Duration::from_secs(60)).await;
+    let offsets = mysql_offsets(&pool, &scenario).await;
+    assert_eq!(
+        offsets.values().sum::<i64>(),
+        600,
+        "each partition's offset is its log's end: {offsets:?}"
+    );
+    assert!(
+        metric(
+            &aggregator.metrics().await,
+            "aggregator_offsets_rewound_total"
+        ) >= 1.0,
+        "the rewinds are counted"
+    );
+    aggregator.shutdown().await;
+    pool.disconnect().await.unwrap();
+}
