@@ -34,17 +34,22 @@ say() { printf '[infra %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { say "error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- probes ----
-redis_ping() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+redis_ping() { timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 mysql_ping() { mariadb -h 127.0.0.1 -P "$MYSQL_PORT" -u root --connect-timeout=2 -N -e 'SELECT 1' >/dev/null 2>&1; }
 kafka_ping() { python3 "$ROOT/scripts/lib/kafka_probe.py" "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; }
 
-# wait_for NAME SECONDS: polls NAME's probe once a second, printing progress.
+# wait_for NAME SECONDS [PID]: polls NAME's probe once a second, printing
+# progress; gives up at once when PID (the process just started) has exited.
 wait_for() {
-  local name=$1 limit=$2 waited=0
+  local name=$1 limit=$2 pid=${3:-} waited=0
   while ! "${name}_ping"; do
     if (( waited >= limit )); then
       echo
       die "$name did not answer within ${limit}s (log: $(log_file "$name"))"
+    fi
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      echo
+      exited "$name"
     fi
     if (( waited == 0 )); then printf '[infra %s] waiting for %s ' "$(date +%H:%M:%S)" "$name"; fi
     printf '.'
@@ -55,6 +60,24 @@ wait_for() {
 }
 
 log_file() { echo "$STATE/$1/$1.log"; }
+
+# NAME's process exited while starting: say so with the end of its log.
+exited() {
+  say "$1 exited while starting; the end of $(log_file "$1"):"
+  tail -n 15 "$(log_file "$1")" 2>/dev/null | sed 's/^/    /' >&2 || true
+  die "$1 did not start"
+}
+
+# Refuses to start NAME when something else holds its port without answering
+# as NAME (a system service the package install started, another program).
+require_free_port() {
+  local name=$1 port holder
+  port=$(port_of "$name")
+  holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*' | head -n1 | cut -d'(' -f3 || true)
+  if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+    die "port $port is taken${holder:+ by $holder}, which does not answer as $name here; stop it (a system service: 'systemctl stop' it, or 'service ... stop') and run again"
+  fi
+}
 pid_file() { echo "$STATE/$1/$1.pid"; }
 port_of() { case $1 in kafka) echo $KAFKA_PORT ;; redis) echo $REDIS_PORT ;; mysql) echo $MYSQL_PORT ;; esac; }
 
@@ -71,14 +94,37 @@ pid_of() {
 
 # -------------------------------------------------------------- installs ----
 APT_UPDATED=0
-apt_install() {
+apt_update() {
   if [[ $APT_UPDATED == 0 ]]; then
     say "apt-get update"
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     APT_UPDATED=1
   fi
+}
+apt_install() {
+  apt_update
   say "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+  # The packages must not start their own system services (on a machine with
+  # an init system they would take 3306 and 6379 with other settings): a
+  # policy-rc.d that refuses, for the length of the install.
+  local policy=/usr/sbin/policy-rc.d placed=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" || rc=$?
+  if ((placed)); then rm -f "$policy"; fi
+  ((rc == 0)) || die "apt-get install failed"
+}
+
+# Java 17 where the release has it (bookworm), else the release's default JRE
+# (Java 21 on trixie; Kafka 4.1 runs on both). After apt_update.
+java_package() {
+  if apt-cache show openjdk-17-jre-headless >/dev/null 2>&1; then
+    echo openjdk-17-jre-headless
+  else
+    echo default-jre-headless
+  fi
 }
 
 install_packages() {
@@ -87,10 +133,19 @@ install_packages() {
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   command -v mariadbd >/dev/null || missing+=(mariadb-server)
   command -v mariadb >/dev/null || missing+=(mariadb-client)
-  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  if ! command -v java >/dev/null; then
+    apt_update
+    missing+=("$(java_package)")
+  fi
   command -v mvn >/dev/null || missing+=(maven)
   command -v ss >/dev/null || missing+=(iproute2)
-  command -v python3 >/dev/null || missing+=(python3)
+  command -v curl >/dev/null || missing+=(curl)
+  # scripts/test.sh makes a venv for its schema checks: Debian's python3 needs python3-venv.
+  if ! command -v python3 >/dev/null; then
+    missing+=(python3 python3-venv)
+  elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    missing+=(python3-venv)
+  fi
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 
@@ -109,18 +164,29 @@ install_kafka() {
 
 # ---------------------------------------------------------------- starts ----
 start_redis() {
-  if redis_ping; then say "redis already answering on 127.0.0.1:$REDIS_PORT"; return; fi
+  if redis_ping; then
+    local databases
+    databases=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config get databases 2>/dev/null | tail -n1)
+    if [[ $databases =~ ^[0-9]+$ ]] && ((databases < 256)); then
+      die "the Redis on 127.0.0.1:$REDIS_PORT has $databases databases, and the tests use 256 (one each): stop it (a system service?) and run again"
+    fi
+    say "redis already answering on 127.0.0.1:$REDIS_PORT"
+    return
+  fi
+  require_free_port redis
   mkdir -p "$STATE/redis"
   # A cache: no persistence, so a restart comes back empty, as in production after a loss.
   # 256 databases so parallel tests each take their own.
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" \
     --pidfile "$(pid_file redis)" --logfile "$(log_file redis)" --save '' --appendonly no \
-    --databases 256 --protected-mode yes
-  wait_for redis 30
+    --databases 256 --protected-mode yes ||
+    exited redis
+  wait_for redis 30 "$(cat "$(pid_file redis)" 2>/dev/null || true)"
 }
 
 start_mysql() {
   if mysql_ping; then say "mysql already answering on 127.0.0.1:$MYSQL_PORT"; return; fi
+  require_free_port mysql
   local data=$STATE/mysql/data
   mkdir -p "$STATE/mysql"
   if [[ ! -d $data/mysql ]]; then
@@ -135,8 +201,9 @@ start_mysql() {
     --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
     --innodb-buffer-pool-size=256M --max-connections=500 --skip-name-resolve \
     >/dev/null 2>&1 </dev/null &
-  local waited=0
+  local pid=$! waited=0
   until mariadb --socket="$MYSQL_SOCKET" -u root -e 'SELECT 1' >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || exited mysql
     sleep 1; waited=$((waited + 1)); (( waited < 60 )) || die "mysql did not start (log: $(log_file mysql))"
   done
   # Local development only: root over TCP from loopback without a password (compose sets one).
@@ -173,6 +240,16 @@ EOF
 
 start_kafka() {
   if kafka_ping; then say "kafka already answering on 127.0.0.1:$KAFKA_PORT"; return; fi
+  # Started by an earlier `up` and still booting: wait for it, never a second broker.
+  local booting
+  booting=$(cat "$(pid_file kafka)" 2>/dev/null || true)
+  if [[ -n $booting ]] && kill -0 "$booting" 2>/dev/null &&
+    grep -q 'kafka.Kafka' "/proc/$booting/cmdline" 2>/dev/null; then
+    say "kafka is starting (pid $booting)"
+    wait_for kafka 90 "$booting"
+    return
+  fi
+  require_free_port kafka
   install_kafka
   local dir=$STATE/kafka cp="$KAFKA_CACHE/lib/*"
   kafka_properties
@@ -188,7 +265,7 @@ start_kafka() {
     -Dkafka.logs.dir="$dir/logs" -cp "$cp" kafka.Kafka "$dir/server.properties" \
     >"$(log_file kafka)" 2>&1 </dev/null &
   echo $! >"$(pid_file kafka)"
-  wait_for kafka 90
+  wait_for kafka 90 "$(cat "$(pid_file kafka)")"
 }
 
 start_one() {
@@ -211,8 +288,13 @@ stop_one() {
     sleep 0.2; waited=$((waited + 1))
     if (( waited == 150 )); then say "$name still running after 30s: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
   done
-  # Wait until the port is free so an immediate start binds it again.
-  while ss -Hltn "sport = :$(port_of "$name")" | grep -q .; do sleep 0.2; done
+  # Wait until the port is free so an immediate start binds it again (at most
+  # 30 s: a supervisor such as systemd may have started it again).
+  waited=0
+  while ss -Hltn "sport = :$(port_of "$name")" | grep -q .; do
+    sleep 0.2; waited=$((waited + 1))
+    ((waited < 150)) || die "port $(port_of "$name") is still taken 30 s after $name stopped (restarted by a supervisor?)"
+  done
   rm -f "$(pid_file "$name")"
 }
 
