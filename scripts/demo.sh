@@ -27,10 +27,21 @@ if [[ ${1:-} == stop ]]; then stop_services; exit 0; fi
 
 scripts/infra.sh up
 mkdir -p "$DEMO"
-stop_services
 
+# Built before the running demo stops, so it is down only for the restart.
 say "building the services (cargo build --release)"
 cargo build --release --bin ingest --bin aggregator --bin query
+stop_services
+
+# A port still taken now is another program's (a demo of another checkout, say):
+# the new service could not bind it, and its tokens would not fit that one.
+for port in 8080 8081 8082; do
+  if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+    holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*' | head -n1 | cut -d'(' -f3 || true)
+    say "error: port $port is taken${holder:+ by $holder}; stop it (another checkout's demo: its scripts/demo.sh stop) and run again" >&2
+    exit 1
+  fi
+done
 
 # One secret per checkout, kept so printed tokens stay valid across restarts.
 [[ -s $DEMO/jwt-secret ]] || head -c 48 /dev/urandom | base64 | tr -d '\n/+=' >"$DEMO/jwt-secret"
