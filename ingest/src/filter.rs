@@ -265,6 +265,11 @@ mod tests {
             "The lectures were clear and helpful. 作业有点多。",
             "the TA who re-graded my exam was fair",
             "it's hit or miss whether labs start on time",
+            "今天是老师的生日你们都来了",
+            "以前过去死记硬背，现在理解为主",
+            "老师像妈妈的感觉一样温暖",
+            "废物利用那一章很有意思",
+            "尼玛同学的报告很精彩",
         ] {
             assert_eq!(filter.check(clean), Filtered::Clean, "{clean}");
         }
