@@ -116,7 +116,10 @@ impl Application {
         let Self { listener, state } = self;
         tracing::info!(addr = %listener.local_addr()?, topic = state.pipeline.topic(), "ingest listening");
         let pipeline = state.pipeline.clone();
-        spawn_topic_creation(state.clone());
+        spawn_topic_creation(
+            state.pipeline.brokers().to_owned(),
+            state.pipeline.topic().to_owned(),
+        );
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -141,11 +144,11 @@ impl Application {
     }
 }
 
-/// Creates the topic (6 partitions) once Kafka answers; ingest serves (and spools) meanwhile.
-fn spawn_topic_creation(state: AppState) {
-    let brokers = shared::config::kafka_brokers();
+/// Creates the topic (6 partitions) once Kafka answers; ingest serves (and
+/// spools) meanwhile. With the configured brokers (it read the environment's),
+/// and holding nothing of the service (it held the spool open after a stop).
+fn spawn_topic_creation(brokers: String, topic: String) {
     tokio::spawn(async move {
-        let topic = state.pipeline.topic().to_owned();
         loop {
             match shared::kafka::ensure_topic(&brokers, &topic, shared::kafka::PARTITIONS).await {
                 Ok(()) => break,

@@ -290,6 +290,10 @@ impl Pipeline {
     pub fn topic(&self) -> &str {
         &self.config.topic
     }
+
+    pub fn brokers(&self) -> &str {
+        &self.config.brokers
+    }
 }
 
 /// The idempotent producer, with the breaker in its context.
