@@ -251,8 +251,29 @@ async fn a_prewarm_that_met_redis_down_runs_again_once_redis_is_back() {
 
     let mut settings = config(&mysql_url, &private.url(0));
     settings.prewarm_courses = 5;
+    // Fills that found Redis unreachable, process-wide (other tests' too):
+    // the wait below ends once this query's first pre-warm has added some.
+    let unreachable_fills = || {
+        shared::metrics::handle()
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("query_cache_fills_total{outcome=\"unreachable\"}")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let before = unreachable_fills();
     let query = TestQuery::spawn_with(settings).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    feedback_tests::eventually(
+        Duration::from_secs(10),
+        "the pre-warm to meet Redis down",
+        || async { Ok((unreachable_fills() > before).then_some(())) },
+    )
+    .await
+    .unwrap();
     private.restart().await.unwrap();
 
     let redis = redis::Client::open(private.url(0))
