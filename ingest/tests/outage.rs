@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::{config, TestIngest};
 use feedback_tests::error_of;
 use feedback_tests::{
-    consume_until, free_port, fresh_topic, student, temp_dir, Consumed, Restart, JWT_SECRET, OUTAGE,
+    consume_until, eventually, free_port, fresh_topic, student, temp_dir, Consumed, Restart,
+    JWT_SECRET, OUTAGE,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -92,16 +93,25 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
     .await
     .unwrap();
     let restart = Restart::kill("kafka").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ready_while_down: Value = ingest
-        .client
-        .get(format!("{}/readyz", ingest.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Until ingest has seen the broker gone (its breaker open), then a second
+    // more of submissions spooling, rather than a fixed sleep.
+    let ready_while_down: Value = eventually(
+        Duration::from_secs(20),
+        "ingest to see Kafka down",
+        || async {
+            let ready: Value = ingest
+                .client
+                .get(format!("{}/readyz", ingest.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((ready["checks"]["kafka"]["breaker"] != "closed").then_some(ready))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     restart.start().await;
 
     let mut expected_order: HashMap<String, Vec<String>> = HashMap::new();
