@@ -3,72 +3,18 @@
 //! test on a topic, database and Redis db of their own. Invariants 1 and 2:
 //! every 202 counted once by the counting rule, and query = Redis = MySQL.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::{start_aggregator, start_ingest, start_query, Running};
 use feedback_tests::{
-    eventually, fresh_mysql_database, fresh_redis_database, fresh_topic, kafka_brokers, student,
-    temp_dir, token, unique_name, JWT_SECRET,
+    eventually, fresh_mysql_database, fresh_redis_database, fresh_topic, student, temp_dir, token,
 };
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 use shared::auth::Role;
-
-/// A service running in the test until `stop`.
-struct Running {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("the service task")
-            .expect("a clean stop");
-    }
-}
-
-/// Runs `run_until` of a built service on a task; `port` is where it listens.
-fn run<F>(port: u16, run_until: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F) -> Running
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    Running {
-        url: format!("http://127.0.0.1:{port}"),
-        stop,
-        task: tokio::spawn(run_until(stopped)),
-    }
-}
-
-async fn start_ingest(topic: &str, spool: &std::path::Path) -> Running {
-    let config = ingest::Config {
-        addr: "127.0.0.1:0".into(),
-        brokers: kafka_brokers(),
-        topic: topic.into(),
-        spool_dir: spool.into(),
-        spool_max_bytes: 64 * 1024 * 1024,
-        jwt_secret: JWT_SECRET.into(),
-        student_key_secret: ingest::config::derive_student_key_secret(JWT_SECRET),
-        rate_limit_student_per_min: 0,
-        rate_limit_ip_per_min: 0,
-        sensitive_words_file: None,
-        sensitive_policy: ingest::filter::Policy::Mask,
-        delivery_timeout: Duration::from_secs(5),
-        idempotency_ttl: Duration::from_secs(86_400),
-    };
-    let app = ingest::Application::build(config)
-        .await
-        .expect("ingest builds");
-    run(app.port(), |stopped| {
-        app.run_until(async move {
-            let _ = stopped.await;
-        })
-    })
-}
 
 /// One submission as a student sees it.
 struct Post<'a> {
@@ -125,45 +71,8 @@ async fn submissions_through_every_service_are_counted_once_by_the_rule_and_serv
     let redis_url = fresh_redis_database().await.expect("a Redis database");
     let spool = temp_dir("e2e-spool");
 
-    let aggregator = aggregator::Application::build(aggregator::Config {
-        addr: "127.0.0.1:0".into(),
-        brokers: kafka_brokers(),
-        topic: topic.clone(),
-        group: unique_name("fbtest-e2e"),
-        redis_url: redis_url.clone(),
-        mysql_url: mysql_url.clone(),
-        batch_size: 100,
-        linger: Duration::from_millis(50),
-        lanes: 3,
-        cache_ttl_secs: 3600,
-        reconcile_interval: Duration::from_millis(500),
-        reconcile_window: Duration::from_secs(600),
-    })
-    .await
-    .expect("the aggregator builds");
-    let aggregator = run(aggregator.port(), |stopped| {
-        aggregator.run_until(async move {
-            let _ = stopped.await;
-        })
-    });
-    let query = query::Application::build(query::Config {
-        addr: "127.0.0.1:0".into(),
-        redis_url: redis_url.clone(),
-        mysql_url: mysql_url.clone(),
-        mysql_read_url: None,
-        jwt_secret: JWT_SECRET.into(),
-        cache_ttl_secs: 3600,
-        prewarm_courses: 0,
-        redis_timeout: Duration::from_millis(250),
-        mysql_timeout: Duration::from_secs(3),
-    })
-    .await
-    .expect("query builds");
-    let query = run(query.port(), |stopped| {
-        query.run_until(async move {
-            let _ = stopped.await;
-        })
-    });
+    let aggregator = start_aggregator(&topic, &mysql_url, &redis_url).await;
+    let query = start_query(&mysql_url, &redis_url).await;
     let client = reqwest::Client::new();
 
     // 24 students, 3 courses, two rounds of ratings; each student's current

@@ -1,9 +1,13 @@
 //! Keeps `schemas/openapi.yaml` in step with the routers: every route of
-//! ingest, query and the aggregator is a path of the document, and the
-//! document names no other. (scripts/test.sh validates the document itself
-//! against the OpenAPI 3.1 schema with openapi-spec-validator.)
+//! ingest, query and the aggregator is a path of the document, the document
+//! names no other, and every operation it documents is answered (neither 404
+//! nor 405) by the running services its `servers` name. (scripts/test.sh
+//! validates the document itself against the OpenAPI 3.1 schema with
+//! openapi-spec-validator.)
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Every route the three routers serve: ingest/src/lib.rs `router()`,
@@ -86,4 +90,94 @@ fn the_document_lists_no_path_the_routers_do_not_serve() {
         "a path is listed twice: {documented:?}"
     );
     assert_eq!(unique.len(), ROUTES.len());
+}
+
+/// Each documented operation: path, method, and the ports of its `servers`
+/// (a path's own list, or one it names with a YAML alias, `*name`).
+fn operations(text: &str) -> Vec<(String, String, Vec<u16>)> {
+    let mut out: Vec<(String, String, Vec<u16>)> = Vec::new();
+    let mut path: Option<(String, Vec<u16>)> = None;
+    let mut anchors: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    let mut anchor: Option<String> = None;
+    let mut in_paths = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() && !line.starts_with('#') {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(key) = line.strip_prefix("  /") {
+            path = Some((
+                format!("/{}", key.trim_end().trim_end_matches(':')),
+                Vec::new(),
+            ));
+            anchor = None;
+        } else if let Some(servers) = line.strip_prefix("    servers:") {
+            let servers = servers.trim();
+            anchor = servers.strip_prefix('&').map(str::to_owned);
+            if let (Some((_, ports)), Some(alias)) = (path.as_mut(), servers.strip_prefix('*')) {
+                ports.extend(anchors.get(alias).expect("an alias defined earlier"));
+            }
+        } else if let (Some((_, ports)), Some(url)) = (
+            path.as_mut(),
+            line.strip_prefix("      - url: http://127.0.0.1:"),
+        ) {
+            let port: u16 = url.trim().parse().expect("a port in a path's servers");
+            ports.push(port);
+            if let Some(name) = &anchor {
+                anchors.entry(name.clone()).or_default().push(port);
+            }
+        } else if let Some(method) = line
+            .strip_prefix("    ")
+            .and_then(|l| l.strip_suffix(':'))
+            .filter(|m| ["get", "post", "put", "delete", "patch", "head"].contains(m))
+        {
+            let (p, ports) = path.clone().expect("an operation under a path");
+            out.push((p, method.to_owned(), ports));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served_by_the_services_its_servers_name() {
+    let operations = operations(&document());
+    assert!(operations.len() >= ROUTES.len(), "{operations:?}");
+    let topic = feedback_tests::fresh_topic().await.expect("a topic");
+    let mysql_url = feedback_tests::fresh_mysql_database().await.expect("MySQL");
+    let redis_url = feedback_tests::fresh_redis_database().await.expect("Redis");
+    let spool = feedback_tests::temp_dir("openapi-spool");
+    // The documented default ports, mapped to the services running here.
+    let services: BTreeMap<u16, common::Running> = BTreeMap::from([
+        (8080, common::start_ingest(&topic, &spool).await),
+        (
+            8081,
+            common::start_aggregator(&topic, &mysql_url, &redis_url).await,
+        ),
+        (8082, common::start_query(&mysql_url, &redis_url).await),
+    ]);
+    let client = reqwest::Client::new();
+    for (path, method, ports) in &operations {
+        assert!(!ports.is_empty(), "{method} {path} names no server");
+        let concrete = path.replace("{course_id}", "CS101");
+        for port in ports {
+            let service = &services[port];
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let status = client
+                .request(method.clone(), format!("{}{concrete}", service.url))
+                .send()
+                .await
+                .expect("an answer")
+                .status();
+            assert!(
+                status != 404 && status != 405,
+                "{method} {path} on :{port} answered {status}"
+            );
+        }
+    }
+    for (_, service) in services {
+        service.stop().await;
+    }
 }
