@@ -47,6 +47,68 @@ async fn try_fill_all(scenario: &Scenario) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`spawn_watcher`] saw: how many hashes it compared, and every one
+/// that held numbers MySQL never had.
+#[derive(Default)]
+struct Watched {
+    compared: usize,
+    violations: Vec<String>,
+}
+
+/// Keeps comparing every course's hash with MySQL while the faults happen.
+/// The hash is read first, then MySQL, whose version only grows: a hash
+/// ahead of MySQL, or at MySQL's version with other numbers, holds numbers
+/// MySQL never had. (A hash behind MySQL is a lag the deltas or a read mend.)
+fn spawn_watcher(
+    scenario: Scenario,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Watched>>,
+) {
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(Watched::default()));
+    let record = watched.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), watch_once(&scenario, &record)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (task, watched)
+}
+
+async fn watch_once(
+    scenario: &Scenario,
+    watched: &std::sync::Mutex<Watched>,
+) -> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
+    let mut conn = pool.get_conn().await?;
+    let courses: Vec<String> = conn.query("SELECT course_id FROM course_stats").await?;
+    let mut redis = redis::Client::open(scenario.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for course in courses {
+        let Some(hash) = shared::cache::read(&mut redis, &course).await? else {
+            continue;
+        };
+        let row = shared::db::read_stats(&mut conn, &course).await?;
+        let numbers = |r: &shared::db::StatsRow| (r.responses, r.rating_sum, r.distribution);
+        let mut watched = watched.lock().unwrap();
+        watched.compared += 1;
+        if hash.version > row.version
+            || hash.version == row.version && numbers(&hash) != numbers(&row)
+        {
+            watched
+                .violations
+                .push(format!("{course}: Redis {hash:?}, MySQL {row:?}"));
+        }
+    }
+    drop(conn);
+    pool.disconnect().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_flushed_killed_and_restarted_mid_stream_never_holds_wrong_numbers() {
     let mut redis = PrivateRedis::start().await.unwrap();
@@ -54,6 +116,7 @@ async fn redis_flushed_killed_and_restarted_mid_stream_never_holds_wrong_numbers
     let scenario = Scenario::with(mysql_url, redis.url(0)).await;
     let aggregator = scenario.spawn().await;
     let filler = spawn_filler(scenario.clone());
+    let (watcher, watched) = spawn_watcher(scenario.clone());
     let events = random_events(11, 3000, 10, 300);
 
     for (i, slice) in slices(&events, 6).enumerate() {
@@ -88,6 +151,20 @@ async fn redis_flushed_killed_and_restarted_mid_stream_never_holds_wrong_numbers
         wait_for_redis_to_match(&scenario, Duration::from_secs(5)).await,
         present
     );
+    watcher.abort();
+    {
+        let watched = watched.lock().unwrap();
+        assert!(
+            watched.compared > 100,
+            "{} hashes compared",
+            watched.compared
+        );
+        assert!(
+            watched.violations.is_empty(),
+            "Redis held numbers MySQL never had: {:?}",
+            watched.violations
+        );
+    }
     let (status, body) = aggregator.readyz().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["redis"]["courses_to_repair"], 0, "{body}");
