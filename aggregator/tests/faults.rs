@@ -252,34 +252,6 @@ async fn an_idle_aggregator_reports_mysql_down_and_back_up() {
     aggregator.shutdown().await;
 }
 
-/// The sum of the next offsets MySQL records for `scenario`'s topic: how
-/// many messages the aggregators have committed.
-async fn committed(scenario: &Scenario) -> anyhow::Result<i64> {
-    use mysql_async::prelude::Queryable;
-    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
-    let sum: Option<i64> = pool
-        .get_conn()
-        .await?
-        .exec_first(
-            "SELECT CAST(COALESCE(SUM(next_offset), 0) AS SIGNED) FROM consumer_offsets WHERE topic = ?",
-            (&scenario.topic,),
-        )
-        .await?;
-    pool.disconnect().await?;
-    Ok(sum.unwrap_or(0))
-}
-
-/// Waits until the aggregators have committed more than `than` messages.
-async fn committed_past(scenario: &Scenario, than: i64) -> i64 {
-    eventually(
-        Duration::from_secs(60),
-        "the running aggregator to commit",
-        || async { Ok(Some(committed(scenario).await?).filter(|n| *n > than)) },
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_aggregator_killed_9_three_times_mid_stream_counts_everything_once() {
     let scenario = Scenario::new().await;

@@ -476,3 +476,30 @@ pub fn metric(page: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The sum of the next offsets MySQL records for `scenario`'s topic: how
+/// many messages the aggregators have committed.
+pub async fn committed(scenario: &Scenario) -> anyhow::Result<i64> {
+    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
+    let sum: Option<i64> = pool
+        .get_conn()
+        .await?
+        .exec_first(
+            "SELECT CAST(COALESCE(SUM(next_offset), 0) AS SIGNED) FROM consumer_offsets WHERE topic = ?",
+            (&scenario.topic,),
+        )
+        .await?;
+    pool.disconnect().await?;
+    Ok(sum.unwrap_or(0))
+}
+
+/// Waits until the aggregators have committed more than `than` messages.
+pub async fn committed_past(scenario: &Scenario, than: i64) -> i64 {
+    eventually(
+        Duration::from_secs(60),
+        "the running aggregator to commit",
+        || async { Ok(Some(committed(scenario).await?).filter(|n| *n > than)) },
+    )
+    .await
+    .unwrap()
+}
