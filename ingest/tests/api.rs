@@ -470,12 +470,13 @@ async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["kafka"]["breaker"], "closed");
     assert_eq!(ready["checks"]["spool"]["depth"], 0);
-    ingest
+    let posted = ingest
         .post(
             &student("gina"),
             &json!({"course_id": "CS101", "rating": 5}),
         )
         .await;
+    assert_eq!(posted.status(), StatusCode::ACCEPTED);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     for name in [
         "http_requests_total",

@@ -192,7 +192,7 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
 }
 
 #[tokio::test]
-async fn ingest_killed_with_a_full_spool_delivers_everything_after_restart() {
+async fn ingest_killed_with_45_spooled_submissions_delivers_them_all_in_order_after_restart() {
     let _serial = OUTAGE.lock().await;
     let topic = fresh_topic().await.unwrap();
     let spool = temp_dir("spool");

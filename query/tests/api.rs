@@ -208,8 +208,18 @@ async fn the_dashboard_is_served_without_a_token_and_loads_nothing_from_outside(
 async fn probes_and_metrics_need_no_token_and_count_hits_misses_and_routes() {
     let query = TestQuery::spawn().await;
     query.seed().stats("M1", [1, 1, 1, 1, 1], 1).await;
-    query.stats_of("M1").await;
-    query.stats_of("M1").await;
+    // The sum of a metric's series whose line contains `filter`. Metrics are
+    // process-wide, so the checks below are on what this test added.
+    let sum = |page: &str, name: &str, filter: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = query.get_as("/metrics", None).await.text().await.unwrap();
+    assert_eq!(query.stats_of("M1").await["source"], "database");
+    assert_eq!(query.stats_of("M1").await["source"], "cache");
     assert_eq!(
         query.get_as("/healthz", None).await.status(),
         StatusCode::OK
@@ -231,5 +241,21 @@ async fn probes_and_metrics_need_no_token_and_count_hits_misses_and_routes() {
     ] {
         assert!(metrics.contains(needle), "metrics lack {needle}");
     }
+    let added = |name: &str, filter: &str| sum(&metrics, name, filter) - sum(&before, name, filter);
+    assert!(
+        added("query_cache_misses_total", "") >= 1.0,
+        "the miss counted"
+    );
+    assert!(
+        added("query_cache_hits_total", "") >= 1.0,
+        "the hit counted"
+    );
+    assert!(
+        added(
+            "http_requests_total",
+            "route=\"/v1/courses/{course_id}/stats\""
+        ) >= 2.0,
+        "both requests counted under their route"
+    );
     query.shutdown().await;
 }
