@@ -237,6 +237,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Whether process `pid` (a child not yet reaped) has exited: gone, or a zombie.
+fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
 /// SIGKILLs a private server, if running, and reaps it.
 fn kill_child(child: &mut Option<std::process::Child>) {
     if let Some(mut child) = child.take() {
@@ -316,11 +325,20 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting redis-server (is scripts/infra.sh up?)")?;
+        let pid = child.id();
         self.child = Some(child);
         let url = self.url(0);
+        let port = self.port;
         eventually(Duration::from_secs(10), "the private Redis", || {
             let url = url.clone();
             async move {
+                // It exits at once when its port was taken meanwhile (by an
+                // outgoing connection's ephemeral port, say): say so, rather
+                // than PING whatever holds the port until the time runs out.
+                anyhow::ensure!(
+                    !has_exited(pid),
+                    "the private Redis exited (port {port} taken?)"
+                );
                 let Ok(client) = redis::Client::open(url) else {
                     return Ok(None);
                 };
@@ -433,11 +451,28 @@ impl PrivateMysql {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting mariadbd")?;
+        let pid = child.id();
         self.child = Some(child);
         let url = format!("mysql://root@127.0.0.1:{}", self.port);
+        let log = self.dir.join("error.log");
         eventually(Duration::from_secs(60), "the private MariaDB", || {
             let url = url.clone();
+            let log = log.clone();
             async move {
+                anyhow::ensure!(
+                    !has_exited(pid),
+                    "the private MariaDB exited; the end of its log:\n{}",
+                    std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(10)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 let pool = mysql_async::Pool::new(url.as_str());
                 let answered = match pool.get_conn().await {
                     Ok(mut conn) => {
