@@ -100,6 +100,8 @@ struct Counters {
     max_bytes: u64,
     /// Set when an append was refused for want of room; cleared when records leave.
     full: AtomicBool,
+    /// Group commits so far (one `fsync` each).
+    flushes: AtomicU64,
 }
 
 impl Store {
@@ -157,6 +159,7 @@ impl Store {
             bytes: AtomicU64::new(bytes),
             max_bytes,
             full: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
         });
         let (writes, queue) = mpsc::channel(4096);
         let disk = Disk {
@@ -292,6 +295,7 @@ impl Disk {
                 .await
                 .map(|_| ())
                 .map_err(|e| StoreError::Disk(e.to_string()));
+            self.counters.flushes.fetch_add(1, Ordering::AcqRel);
             metrics::histogram!("ingest_spool_group_commit_size").record(applied.len() as f64);
             for (done, result) in applied {
                 let result = match (result, &flushed) {
@@ -467,6 +471,11 @@ pub(crate) mod tests {
         }
         assert_eq!(store.depth(), 200);
         assert_eq!(store.oldest(1000).unwrap().len(), 200);
+        let flushes = store.disk.counters.flushes.load(Ordering::Acquire);
+        assert!(
+            (1..=20).contains(&flushes),
+            "200 appends in {flushes} group commits"
+        );
     }
 
     /// Opens again once the previous writer task has let go of sled's lock.
