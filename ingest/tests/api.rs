@@ -563,3 +563,28 @@ async fn a_client_that_hangs_up_mid_request_does_not_lock_its_idempotency_key() 
     ingest.shutdown().await;
     held.abort();
 }
+
+#[tokio::test]
+async fn ingest_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
+    for secret in [None, Some("too-short-secret")] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingest"));
+        command
+            .env_remove("FEEDBACK_JWT_SECRET")
+            .env("FEEDBACK_INGEST_ADDR", "127.0.0.1:0")
+            .env("FEEDBACK_SPOOL_DIR", temp_dir("no-secret-spool"))
+            .env("RUST_LOG", "error");
+        if let Some(secret) = secret {
+            command.env("FEEDBACK_JWT_SECRET", secret);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("it exits")
+            .unwrap();
+        assert!(!output.status.success(), "{secret:?}: it started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("FEEDBACK_JWT_SECRET"),
+            "{secret:?}: {stderr}"
+        );
+    }
+}

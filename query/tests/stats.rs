@@ -442,3 +442,48 @@ async fn the_rebuild_cache_command_prints_its_totals() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_a_read_url_stats_are_read_from_the_replica() {
+    // Two databases stand for a primary and its replica, apart on purpose:
+    // the answer shows which one the request path read.
+    let (primary, redis_url) = fresh_stores().await;
+    let (replica, _) = fresh_stores().await;
+    common::Seed::new(&primary)
+        .stats("REPLICA", [1, 0, 0, 0, 0], 1)
+        .await;
+    let on_replica = common::Seed::new(&replica)
+        .stats("REPLICA", [0, 0, 0, 2, 3], 5)
+        .await;
+    let mut settings = config(&primary, &redis_url);
+    settings.mysql_read_url = Some(replica.clone());
+    let query = TestQuery::spawn_with(settings).await;
+    let stats = query.stats_of("REPLICA").await;
+    assert_eq!(stats["source"], "database");
+    assert_eq!(figures(&stats), expected(&on_replica));
+    query.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
+    for secret in [None, Some("too-short-secret")] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_query"));
+        command
+            .env_remove("FEEDBACK_JWT_SECRET")
+            .env("FEEDBACK_QUERY_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "error");
+        if let Some(secret) = secret {
+            command.env("FEEDBACK_JWT_SECRET", secret);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("it exits")
+            .unwrap();
+        assert!(!output.status.success(), "{secret:?}: it started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("FEEDBACK_JWT_SECRET"),
+            "{secret:?}: {stderr}"
+        );
+    }
+}
