@@ -15,6 +15,8 @@
 //!   incomplete download rather than a silently short file.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -36,6 +38,10 @@ use crate::{params, AppState};
 const PAGE_ROWS: u32 = 500;
 /// A client that stops reading for this long is dropped (it holds a MySQL connection).
 const STALLED_CLIENT: Duration = Duration::from_secs(60);
+/// The longest an export may hold its connection and snapshot: a client
+/// reading a chunk just under every minute is cut here. (A course of 100,000
+/// responses exports in seconds.)
+const EXPORT_LIMIT: Duration = Duration::from_secs(600);
 /// Excel's cue that the file is UTF-8.
 const BOM: &str = "\u{FEFF}";
 pub const HEADER: [&str; 4] = ["feedback_id", "rating", "comment", "submitted_at"];
@@ -49,15 +55,34 @@ pub async fn csv(
 ) -> Result<Response, ApiError> {
     let course = params::course_id(path)?;
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
-    tokio::spawn(produce(state.db.clone(), course.to_string(), tx));
+    // Set when the producer gave up on a stalled or too slow client: the end
+    // of its chunks is then a cut, not the end of the file.
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(produce(
+        state.db.clone(),
+        course.to_string(),
+        tx,
+        cut.clone(),
+    ));
     let first = match rx.recv().await {
         Some(Ok(first)) => first,
         Some(Err(err)) => return Err(err.into()),
         None => return Err(Unavailable("the export ended before its first page".into()).into()),
     };
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
-        let chunk = rx.recv().await?;
-        Some((chunk.map_err(std::io::Error::other), rx))
+    let rest = futures::stream::unfold(Some(rx), move |rx| {
+        let cut = cut.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(chunk) => Some((chunk.map_err(std::io::Error::other), Some(rx))),
+                // An error ends the body unfinished, so the client sees an
+                // incomplete download rather than a short file.
+                None if cut.load(Ordering::Acquire) => {
+                    Some((Err(std::io::Error::other("the export was cut")), None))
+                }
+                None => None,
+            }
+        }
     });
     let body = futures::stream::once(async { Ok(first) }).chain(rest);
     let disposition = format!("attachment; filename=\"{course}-feedback.csv\"");
@@ -73,14 +98,19 @@ pub async fn csv(
 }
 
 /// Reads the course page by page in one snapshot and sends each page as CSV.
-async fn produce(db: Db, course: String, tx: mpsc::Sender<Chunk>) {
-    if let Err(err) = produce_pages(&db, &course, &tx).await {
+async fn produce(db: Db, course: String, tx: mpsc::Sender<Chunk>, cut: Arc<AtomicBool>) {
+    if let Err(err) = produce_pages(&db, &course, &tx, &cut).await {
         tracing::warn!(%err, course, "CSV export failed");
         let _ = tx.send(Err(err)).await;
     }
 }
 
-async fn produce_pages(db: &Db, course: &str, tx: &mpsc::Sender<Chunk>) -> Result<(), Unavailable> {
+async fn produce_pages(
+    db: &Db,
+    course: &str,
+    tx: &mpsc::Sender<Chunk>,
+    cut: &AtomicBool,
+) -> Result<(), Unavailable> {
     let mut snapshot = db
         .within(async {
             let mut opts = TxOpts::default();
@@ -90,14 +120,26 @@ async fn produce_pages(db: &Db, course: &str, tx: &mpsc::Sender<Chunk>) -> Resul
         .await?;
     let mut after: Option<Cursor> = None;
     let mut first = true;
+    let deadline = tokio::time::Instant::now() + EXPORT_LIMIT;
     loop {
         let rows = db
             .within(async { Ok(page(&mut snapshot, course, after.as_ref(), PAGE_ROWS).await?) })
             .await?;
         let chunk = encode(first, &rows).map_err(|e| Unavailable(format!("encoding CSV: {e}")))?;
         first = false;
-        if tx.send_timeout(Ok(chunk), STALLED_CLIENT).await.is_err() {
-            // The client left or stalled: dropping the snapshot rolls it back.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tx
+            .send_timeout(Ok(chunk), STALLED_CLIENT.min(left))
+            .await
+            .is_err()
+        {
+            // The client left, stalled, or read too slowly for too long:
+            // dropping the snapshot rolls it back, and the stream is cut.
+            tracing::warn!(
+                course,
+                "CSV export cut: the client stalled or took over {EXPORT_LIMIT:?}"
+            );
+            cut.store(true, Ordering::Release);
             return Ok(());
         }
         if rows.len() < PAGE_ROWS as usize {
