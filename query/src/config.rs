@@ -25,6 +25,10 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// `FEEDBACK_QUERY_MYSQL_TIMEOUT_MS` (default 3000): one MySQL read's budget.
     pub mysql_timeout: Duration,
+    /// `FEEDBACK_QUERY_EXPORT_STALL_MS` (default 60000): how long a CSV export
+    /// waits for a client that stopped reading before cutting it off (it holds
+    /// a MySQL connection and a snapshot meanwhile).
+    pub export_stall: Duration,
 }
 
 impl Config {
@@ -42,6 +46,10 @@ impl Config {
             mysql_timeout: Duration::from_millis(parse_or(
                 "FEEDBACK_QUERY_MYSQL_TIMEOUT_MS",
                 3000,
+            )?),
+            export_stall: Duration::from_millis(parse_or(
+                "FEEDBACK_QUERY_EXPORT_STALL_MS",
+                60_000,
             )?),
         })
     }

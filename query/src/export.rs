@@ -36,8 +36,6 @@ use crate::{params, AppState};
 
 /// Rows per database page and per streamed chunk.
 const PAGE_ROWS: u32 = 500;
-/// A client that stops reading for this long is dropped (it holds a MySQL connection).
-const STALLED_CLIENT: Duration = Duration::from_secs(60);
 /// The longest an export may hold its connection and snapshot: a client
 /// reading a chunk just under every minute is cut here. (A course of 100,000
 /// responses exports in seconds.)
@@ -63,6 +61,7 @@ pub async fn csv(
         course.to_string(),
         tx,
         cut.clone(),
+        state.export_stall,
     ));
     let first = match rx.recv().await {
         Some(Ok(first)) => first,
@@ -98,8 +97,14 @@ pub async fn csv(
 }
 
 /// Reads the course page by page in one snapshot and sends each page as CSV.
-async fn produce(db: Db, course: String, tx: mpsc::Sender<Chunk>, cut: Arc<AtomicBool>) {
-    if let Err(err) = produce_pages(&db, &course, &tx, &cut).await {
+async fn produce(
+    db: Db,
+    course: String,
+    tx: mpsc::Sender<Chunk>,
+    cut: Arc<AtomicBool>,
+    stall: Duration,
+) {
+    if let Err(err) = produce_pages(&db, &course, &tx, &cut, stall).await {
         tracing::warn!(%err, course, "CSV export failed");
         let _ = tx.send(Err(err)).await;
     }
@@ -110,6 +115,7 @@ async fn produce_pages(
     course: &str,
     tx: &mpsc::Sender<Chunk>,
     cut: &AtomicBool,
+    stall: Duration,
 ) -> Result<(), Unavailable> {
     let mut snapshot = db
         .within(async {
@@ -125,14 +131,14 @@ async fn produce_pages(
         let rows = db
             .within(async { Ok(page(&mut snapshot, course, after.as_ref(), PAGE_ROWS).await?) })
             .await?;
+        if rows.is_empty() && !first {
+            // The last page was full: nothing more to send.
+            break;
+        }
         let chunk = encode(first, &rows).map_err(|e| Unavailable(format!("encoding CSV: {e}")))?;
         first = false;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if tx
-            .send_timeout(Ok(chunk), STALLED_CLIENT.min(left))
-            .await
-            .is_err()
-        {
+        if tx.send_timeout(Ok(chunk), stall.min(left)).await.is_err() {
             // The client left, stalled, or read too slowly for too long:
             // dropping the snapshot rolls it back, and the stream is cut.
             tracing::warn!(

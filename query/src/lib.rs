@@ -75,6 +75,8 @@ pub struct AppState {
     pub db: Db,
     /// Set once the migrations ran: until then MySQL cannot answer queries.
     pub migrated: Arc<AtomicBool>,
+    /// How long a CSV export waits for a client that stopped reading.
+    pub export_stall: Duration,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -111,6 +113,7 @@ impl Application {
             stats,
             db,
             migrated: Arc::new(AtomicBool::new(false)),
+            export_stall: config.export_stall,
         };
         let listener = shared::http::bind(&config.addr).await?;
         Ok(Self {

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use common::{Response, TestQuery};
 use feedback_tests::error_of;
@@ -436,4 +437,42 @@ async fn migrating_a_database_of_an_earlier_version_drops_the_indexes_and_column
     assert_eq!(kept, [("OLD1".to_owned(), 4)], "the rows stay");
     drop(conn);
     pool.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_client_that_stops_reading_gets_a_cut_download_not_a_short_file() {
+    let (mysql_url, redis_url) = common::fresh_stores().await;
+    let mut settings = common::config(&mysql_url, &redis_url);
+    settings.export_stall = Duration::from_secs(1);
+    let query = TestQuery::spawn_with(settings).await;
+    // About 120 MB of CSV: more than the socket and the export's queue hold,
+    // so the export waits on the client.
+    let comment = "很".repeat(2000);
+    let rows: Vec<Response> = (0..20_000)
+        .map(|i| {
+            let at = format!(
+                "2026-11-01 {:02}:{:02}:{:02}",
+                i / 3600,
+                (i / 60) % 60,
+                i % 60
+            );
+            Response::new(&format!("s{i}"), 3, Some(&comment), &at)
+        })
+        .collect();
+    query.seed().responses("HUGE", &rows).await;
+
+    let mut response = query.get("/v1/courses/HUGE/feedback.csv").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = response.chunk().await.unwrap().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ending = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => received += chunk.len(),
+            Ok(None) => break "the body ended as if whole",
+            Err(_) => break "cut",
+        }
+    };
+    assert_eq!(ending, "cut", "after {received} bytes of about 121 MB");
+    assert!(received < 121_000_000, "{received} bytes");
+    query.shutdown().await;
 }

@@ -36,6 +36,7 @@ pub fn config(mysql_url: &str, redis_url: &str) -> Config {
         prewarm_courses: 0,
         redis_timeout: Duration::from_millis(250),
         mysql_timeout: Duration::from_secs(3),
+        export_stall: Duration::from_secs(60),
     }
 }
 

@@ -99,6 +99,7 @@ pub async fn start_query(mysql_url: &str, redis_url: &str) -> Running {
         prewarm_courses: 0,
         redis_timeout: Duration::from_millis(250),
         mysql_timeout: Duration::from_secs(3),
+        export_stall: Duration::from_secs(60),
     })
     .await
     .expect("query builds");
