@@ -63,7 +63,7 @@ impl ConsumerContext for AggregatorContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match claim_offsets_blocking(&self.mysql_url, &self.topic, &partitions) {
                     Ok(mut stored) => {
-                        self.rewind_past_log_end(consumer, &mut stored);
+                        self.rewind_past_log_end(consumer, &partitions, &mut stored);
                         for partition in &partitions {
                             let offset = stored
                                 .get(partition)
@@ -109,13 +109,45 @@ impl AggregatorContext {
     /// message until the log grew past the old offset. So such a partition
     /// starts again at its log's beginning, and MySQL's offset moves back
     /// with it; what was applied already is a duplicate, which the sink
-    /// skips by `feedback_id`. When the log's end cannot be read, or MySQL
-    /// not updated, the offset stays as it was.
-    fn rewind_past_log_end(&self, consumer: &BaseConsumer<Self>, stored: &mut HashMap<i32, i64>) {
-        for (partition, next) in stored.iter_mut() {
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(&self.topic, *partition, Duration::from_secs(5))
-            else {
+    /// skips by `feedback_id`. Only this member's `assigned` partitions (the
+    /// others' offsets are their owners'), read with three tries in 10 s in
+    /// all; when the log's end cannot be read, or MySQL not updated, the
+    /// offset stays as it was (and the error says so).
+    fn rewind_past_log_end(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assigned: &[i32],
+        stored: &mut HashMap<i32, i64>,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for partition in assigned {
+            let Some(next) = stored.get_mut(partition) else {
+                continue;
+            };
+            let mut watermarks = None;
+            for _ in 0..3 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match consumer.fetch_watermarks(
+                    &self.topic,
+                    *partition,
+                    left.min(Duration::from_secs(3)),
+                ) {
+                    Ok(found) => {
+                        watermarks = Some(found);
+                        break;
+                    }
+                    Err(err) => tracing::warn!(partition, %err, "reading the partition's log end"),
+                }
+            }
+            let Some((low, high)) = watermarks else {
+                tracing::error!(
+                    partition,
+                    recorded = *next,
+                    "the partition's log end could not be read: not checked against MySQL's offset"
+                );
                 continue;
             };
             if *next <= high {

@@ -222,12 +222,17 @@ const MYSQL_PROBE: Duration = Duration::from_secs(1);
 async fn readyz(State(probes): State<Probes>) -> Response {
     let (health, cache) = (&probes.health, &probes.cache);
     let lanes_retrying = health.failing_lanes.load(Ordering::Relaxed);
-    let answers = tokio::time::timeout(MYSQL_PROBE, async {
+    // In a task of its own: a ping cut off by the timeout would leave its
+    // connection with an unread answer; the task finishes it instead.
+    let pool = probes.pool.clone();
+    // (Bounded too, so probes during a long outage do not pile up.)
+    let ping = tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
         use mysql_async::prelude::Queryable;
-        probes.pool.get_conn().await?.ping().await
-    })
-    .await
-    .is_ok_and(|pinged| pinged.is_ok());
+        pool.get_conn().await?.ping().await
+    }));
+    let answers = tokio::time::timeout(MYSQL_PROBE, ping)
+        .await
+        .is_ok_and(|joined| joined.is_ok_and(|bounded| bounded.is_ok_and(|p| p.is_ok())));
     let sink_up = health.sink_up() && answers;
     shared::http::readiness(
         sink_up,
