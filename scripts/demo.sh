@@ -17,7 +17,13 @@ stop_services() {
     if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       say "stopping $svc (pid $(cat "$pidfile"))"
       kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+      # Ingest may take ~13 s (in-flight requests, a last delivery, the spool).
+      for _ in $(seq 1 200); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        say "$svc still running after 20 s: SIGKILL"
+        kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+        sleep 0.5
+      fi
     fi
     rm -f "$pidfile"
   done

@@ -107,13 +107,17 @@ apt_install() {
   # The packages must not start their own system services (on a machine with
   # an init system they would take 3306 and 6379 with other settings): a
   # policy-rc.d that refuses, for the length of the install.
-  local policy=/usr/sbin/policy-rc.d placed=0
+  # Marked as ours, so one left behind by an interrupted run is recognised
+  # and removed; removed on any exit.
+  local policy=/usr/sbin/policy-rc.d marker='# placed by feedback scripts/infra.sh'
+  if [[ -e $policy ]] && grep -qF "$marker" "$policy"; then rm -f "$policy"; fi
   if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+    printf '#!/bin/sh\n%s\nexit 101\n' "$marker" >"$policy" && chmod +x "$policy" &&
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   local rc=0
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" || rc=$?
-  if ((placed)); then rm -f "$policy"; fi
+  if grep -qF "$marker" "$policy" 2>/dev/null; then rm -f "$policy"; trap - EXIT; fi
   ((rc == 0)) || die "apt-get install failed"
 }
 
@@ -175,12 +179,17 @@ start_redis() {
   fi
   require_free_port redis
   mkdir -p "$STATE/redis"
+  # A pid file of an earlier run (a reboot, an OOM kill) would read as "exited".
+  rm -f "$(pid_file redis)"
   # A cache: no persistence, so a restart comes back empty, as in production after a loss.
   # 256 databases so parallel tests each take their own.
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" \
     --pidfile "$(pid_file redis)" --logfile "$(log_file redis)" --save '' --appendonly no \
     --databases 256 --protected-mode yes ||
     exited redis
+  # The daemon writes its pid file a moment after forking.
+  local waited=0
+  while [[ ! -s $(pid_file redis) ]] && ((waited < 20)); do sleep 0.1; waited=$((waited + 1)); done
   wait_for redis 30 "$(cat "$(pid_file redis)" 2>/dev/null || true)"
 }
 
