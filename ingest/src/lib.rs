@@ -72,7 +72,12 @@ impl Application {
             Some(path) => SensitiveFilter::from_file(path)?,
             None => SensitiveFilter::from_words(config::DEFAULT_WORDS.lines())?,
         };
-        let store = Store::open(&config.spool_dir, config.spool_max_bytes)?;
+        let store = Store::open_waiting(
+            &config.spool_dir,
+            config.spool_max_bytes,
+            Duration::from_secs(10),
+        )
+        .await?;
         let pipeline = Pipeline::new(
             PipelineConfig {
                 brokers: config.brokers.clone(),

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -105,12 +106,34 @@ struct Counters {
 }
 
 impl Store {
+    /// Opens the store as [`Store::open`] does, waiting up to `wait` for the
+    /// spool's lock: an ingest that is still stopping (a quick restart) holds
+    /// it for a moment. Any other failure is returned at once.
+    pub async fn open_waiting(dir: &Path, max_bytes: u64, wait: Duration) -> anyhow::Result<Self> {
+        const POLL: Duration = Duration::from_millis(100);
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
+        loop {
+            match Self::open(dir, max_bytes) {
+                Err(err)
+                    if format!("{err:#}").contains("could not acquire lock")
+                        && started.elapsed() < wait =>
+                {
+                    if !warned {
+                        tracing::warn!(dir = %dir.display(), "the spool is locked; waiting up to {wait:?} for it");
+                        warned = true;
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Opens (or creates) the store in `dir` and starts its writer.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
-        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-        const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let config = sled::Config::new()
+        let db = sled::Config::new()
             .path(dir)
             // sled caches 1 GiB by default; the spool is written and read
             // once, in order, so a small cache keeps ingest's memory flat.
@@ -118,29 +141,14 @@ impl Store {
             // spool (256 MiB, 790k submissions) peak RSS was 60 MiB at a
             // 4 MiB cache and 65-66 MiB at 8 MiB, against the 64 MiB target.
             .cache_capacity(4 * 1024 * 1024)
-            .flush_every_ms(Some(200));
-        // The spool's lock file: an ingest that is still stopping (a quick
-        // restart) holds it for a moment, so wait up to 10 s for it.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(err)) if started.elapsed() < LOCK_WAIT => {
-                    if started.elapsed() < LOCK_POLL {
-                        tracing::warn!(%err, dir = %dir.display(), "the spool is busy; waiting up to 10 s for it");
-                    }
-                    std::thread::sleep(LOCK_POLL);
-                }
-                Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!(
-                            "opening the spool in {} (is another ingest using it?)",
-                            dir.display()
-                        )
-                    })
-                }
-            }
-        };
+            .flush_every_ms(Some(200))
+            .open()
+            .with_context(|| {
+                format!(
+                    "opening the spool in {} (is another ingest using it?)",
+                    dir.display()
+                )
+            })?;
         let spool = db.open_tree("spool")?;
         let idempotency = db.open_tree("idempotency")?;
         let (mut depth, mut bytes) = (0, 0);
@@ -362,28 +370,36 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn an_open_waits_for_an_ingest_still_releasing_the_spool() {
         let dir = tempdir();
         let first = Store::open(&dir, 1 << 20).unwrap();
         first.append(record(1)).await.unwrap();
+        assert!(Store::open(&dir, 1 << 20).is_err(), "the spool is locked");
         let started = std::time::Instant::now();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(600));
-            drop(first);
-        });
         // The writer task of `first` lets go of the database once its queue
-        // closes; the second open waits for that instead of failing.
-        let second = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || Store::open(&dir, 1 << 20)
-        })
-        .await
-        .unwrap()
-        .expect("the spool once the first ingest let go");
-        release.join().unwrap();
-        assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+        // closes; the second open waits for that instead of failing. (On a
+        // current-thread runtime too: the wait must not block the thread.)
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            drop(first);
+        };
+        let (second, ()) = tokio::join!(
+            Store::open_waiting(&dir, 1 << 20, Duration::from_secs(10)),
+            release
+        );
+        let second = second.expect("the spool once the first ingest let go");
+        assert!(started.elapsed() >= Duration::from_millis(600));
         assert_eq!(second.depth(), 1);
+
+        // Another failure is returned at once.
+        let file = dir.join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let started = std::time::Instant::now();
+        assert!(Store::open_waiting(&file, 1 << 20, Duration::from_secs(10))
+            .await
+            .is_err());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
