@@ -5,8 +5,8 @@
 //! lower case, and skips symbols and spaces, so `Ｆ.U-c k` and `傻*逼` are found.
 //! Each normalised character remembers where it came from, so a match masks
 //! the original span. Latin words match only as whole words (`class` does not
-//! contain `ass`), and across separators only when they are spelt out one
-//! letter at a time (`f.u.c.k`, not `who re` for `whore`); CJK words match
+//! contain `ass`), and across spaces only when they are spelt out one
+//! letter at a time (`f u c k`, not `who re` for `whore`); CJK words match
 //! anywhere, since Chinese has no spaces. Every match is weighed, so a longer
 //! word refused (`fucking` in `fuck in general`) does not hide a shorter one.
 
@@ -122,20 +122,18 @@ fn is_whole_word(original: &[char], first: usize, last: usize) -> bool {
     !before && !after
 }
 
-/// A Latin match is one run of letters (`fuck`), or single letters split by
-/// separators (`f.u.c.k`, `f u c k`): not whole words that happen to join up
-/// across a space (`who re` → `whore`, `s hit` → `shit`).
+/// A Latin match within one word (`fuck`, `fu.ck`, `s-h-i-t`), or spread over
+/// several only as single letters (`f u c k`, `f. u. c. k`): not whole words
+/// that happen to join up across a space (`who re` → `whore`, `s hit` →
+/// `shit`).
 fn is_spelt_as_a_word(span: &[char]) -> bool {
-    let mut pieces = span
-        .split(|c| normalise(*c).is_none())
-        .filter(|piece| !piece.is_empty());
-    let first = pieces.next();
-    match pieces.next() {
-        None => true,
-        Some(second) => {
-            first.is_some_and(|p| p.len() == 1) && second.len() == 1 && pieces.all(|p| p.len() == 1)
-        }
-    }
+    let letters = |piece: &[char]| piece.iter().filter(|c| normalise(**c).is_some()).count();
+    let pieces: Vec<usize> = span
+        .split(|c| fold_width(*c).is_whitespace())
+        .map(letters)
+        .filter(|n| *n > 0)
+        .collect();
+    pieces.len() <= 1 || pieces.iter().all(|n| *n == 1)
 }
 
 /// Full-width ASCII forms (U+FF01 to U+FF5E) and the ideographic space to half-width.
@@ -239,6 +237,13 @@ mod tests {
             "fu ck",
         ] {
             assert_eq!(filter.check(innocent), Filtered::Clean, "{innocent}");
+        }
+        // Within one word, any separators: still the word.
+        for spelt in ["fu.ck", "f-uck", "sh-it", "f. u. c. k"] {
+            assert!(
+                matches!(filter.check(spelt), Filtered::Masked(_)),
+                "{spelt}"
+            );
         }
         // A longer word refused does not hide the shorter one inside it.
         let masked = |text: &str| match filter.check(text) {
