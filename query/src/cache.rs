@@ -91,6 +91,8 @@ pub struct Counters {
     misses: Tally,
     fallbacks: Tally,
     loads: Tally,
+    /// This instance's share of `query_cache_fills_total{outcome="unreachable"}`.
+    unreachable_fills: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -104,6 +106,8 @@ pub struct Counts {
     pub fallbacks: u64,
     /// MySQL reads of a course's stats.
     pub mysql_loads: u64,
+    /// Fills that found Redis unreachable (or its breaker open).
+    pub unreachable_fills: u64,
 }
 
 impl Counters {
@@ -114,6 +118,7 @@ impl Counters {
             misses: Tally::new("query_cache_misses_total"),
             fallbacks: Tally::new("query_cache_fallbacks_total"),
             loads: Tally::new("query_mysql_loads_total"),
+            unreachable_fills: AtomicU64::new(0),
         }
     }
 }
@@ -152,6 +157,7 @@ impl Stats {
             misses: self.counters.misses.get(),
             fallbacks: self.counters.fallbacks.get(),
             mysql_loads: self.counters.loads.get(),
+            unreachable_fills: self.counters.unreachable_fills.load(Ordering::Relaxed),
         }
     }
 
@@ -252,7 +258,12 @@ impl Stats {
         let outcome = match written {
             Ok(true) => "written",
             Ok(false) => "refused",
-            Err(_) => "unreachable",
+            Err(_) => {
+                self.counters
+                    .unreachable_fills
+                    .fetch_add(1, Ordering::Relaxed);
+                "unreachable"
+            }
         };
         metrics::counter!("query_cache_fills_total", "outcome" => outcome).increment(1);
         written == Ok(true)

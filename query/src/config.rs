@@ -34,6 +34,11 @@ pub struct Config {
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let cache_ttl_secs = shared::config::cache_ttl_secs()?;
+        let export_stall_ms: u64 = parse_or("FEEDBACK_QUERY_EXPORT_STALL_MS", 60_000)?;
+        anyhow::ensure!(
+            (1_000..=600_000).contains(&export_stall_ms),
+            "FEEDBACK_QUERY_EXPORT_STALL_MS must be 1000 to 600000 (10 minutes)"
+        );
         Ok(Self {
             addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
             redis_url: shared::config::redis_url(),
@@ -47,10 +52,7 @@ impl Config {
                 "FEEDBACK_QUERY_MYSQL_TIMEOUT_MS",
                 3000,
             )?),
-            export_stall: Duration::from_millis(parse_or(
-                "FEEDBACK_QUERY_EXPORT_STALL_MS",
-                60_000,
-            )?),
+            export_stall: Duration::from_millis(export_stall_ms),
         })
     }
 

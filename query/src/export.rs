@@ -106,7 +106,8 @@ async fn produce(
 ) {
     if let Err(err) = produce_pages(&db, &course, &tx, &cut, stall).await {
         tracing::warn!(%err, course, "CSV export failed");
-        let _ = tx.send(Err(err)).await;
+        // Bounded: a client that stopped reading must not hold this task.
+        let _ = tx.send_timeout(Err(err), stall).await;
     }
 }
 

@@ -173,6 +173,9 @@ async fn prepare(state: AppState, config: Config) {
         wait = (wait * 2).min(Duration::from_secs(10));
     }
     state.migrated.store(true, Ordering::Release);
+    if config.prewarm_courses == 0 {
+        return;
+    }
     // Again every 5 s until a pass finds Redis answering: with Redis down at
     // start, the first pass writes nothing.
     loop {

@@ -251,26 +251,12 @@ async fn a_prewarm_that_met_redis_down_runs_again_once_redis_is_back() {
 
     let mut settings = config(&mysql_url, &private.url(0));
     settings.prewarm_courses = 5;
-    // Fills that found Redis unreachable, process-wide (other tests' too):
-    // the wait below ends once this query's first pre-warm has added some.
-    let unreachable_fills = || {
-        shared::metrics::handle()
-            .render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("query_cache_fills_total{outcome=\"unreachable\"}")?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    let before = unreachable_fills();
     let query = TestQuery::spawn_with(settings).await;
+    // This query's first pre-warm has met Redis down.
     feedback_tests::eventually(
         Duration::from_secs(10),
         "the pre-warm to meet Redis down",
-        || async { Ok((unreachable_fills() > before).then_some(())) },
+        || async { Ok((query.stats.counts().unreachable_fills > 0).then_some(())) },
     )
     .await
     .unwrap();
