@@ -171,6 +171,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(form))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes())
+        // Before the layers, so a 405 gets the request id, the metrics and the trace too.
+        .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(shared::http::catch_panic())
         .layer(axum::middleware::from_fn(shared::http::track_metrics))

@@ -257,6 +257,7 @@ async fn every_bad_input_gets_its_status_code_and_field() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert!(r.headers().contains_key("x-request-id"), "{path}");
         assert_eq!(error_of(r).await["code"], "method_not_allowed", "{path}");
     }
     let r = ingest

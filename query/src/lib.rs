@@ -215,6 +215,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(admin))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes())
+        // Before the layers, so a 405 gets the request id, the metrics and the trace too.
+        .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(shared::http::catch_panic())
         .layer(axum::middleware::from_fn(shared::http::track_metrics))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -173,6 +173,10 @@ async fn bad_course_ids_unknown_paths_and_wrong_methods_answer_in_the_contract_f
             .unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
         assert_eq!(response.headers()["allow"], "GET,HEAD", "{path}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{path}: the 405 passes the service's layers too"
+        );
         assert_eq!(error_of(response).await["code"], "method_not_allowed");
     }
     query.shutdown().await;

@@ -193,8 +193,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = app
         .fallback(not_found)
-        // Every path's wrong method, `/healthz` and the pages included: the
-        // contract's 405 body instead of axum's empty one.
+        // A net for a router that set none: the contract's 405 body instead
+        // of axum's empty one. (The services set theirs before their layers,
+        // which one set here, after them, would bypass.)
         .method_not_allowed_fallback(method_not_allowed)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
