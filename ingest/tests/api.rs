@@ -548,15 +548,7 @@ async fn a_client_that_hangs_up_mid_request_does_not_lock_its_idempotency_key() 
     assert_eq!(retry["status"], "spooled");
     let again: Value = post(&ingest.client).await.unwrap().json().await.unwrap();
     assert_eq!(again, retry, "the same answer again");
-    let ready: Value = ingest
-        .client
-        .get(format!("{}/readyz", ingest.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = ingest.readyz().await.unwrap();
     assert_eq!(
         ready["checks"]["spool"]["depth"], 1,
         "one event for the key"
@@ -567,25 +559,15 @@ async fn a_client_that_hangs_up_mid_request_does_not_lock_its_idempotency_key() 
 
 #[tokio::test]
 async fn ingest_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
-    for secret in [None, Some("too-short-secret")] {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingest"));
-        command
-            .env_remove("FEEDBACK_JWT_SECRET")
-            .env("FEEDBACK_INGEST_ADDR", "127.0.0.1:0")
-            .env("FEEDBACK_SPOOL_DIR", temp_dir("no-secret-spool"))
-            .env("RUST_LOG", "error");
-        if let Some(secret) = secret {
-            command.env("FEEDBACK_JWT_SECRET", secret);
-        }
-        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
-            .await
-            .expect("it exits")
-            .unwrap();
-        assert!(!output.status.success(), "{secret:?}: it started");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("FEEDBACK_JWT_SECRET"),
-            "{secret:?}: {stderr}"
-        );
-    }
+    feedback_tests::assert_refuses_to_start_without_a_jwt_secret(
+        env!("CARGO_BIN_EXE_ingest"),
+        &[
+            ("FEEDBACK_INGEST_ADDR", "127.0.0.1:0".into()),
+            (
+                "FEEDBACK_SPOOL_DIR",
+                temp_dir("no-secret-spool").display().to_string(),
+            ),
+        ],
+    )
+    .await;
 }

@@ -99,13 +99,7 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
         Duration::from_secs(20),
         "ingest to see Kafka down",
         || async {
-            let ready: Value = ingest
-                .client
-                .get(format!("{}/readyz", ingest.url))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let ready = ingest.readyz().await?;
             Ok((ready["checks"]["kafka"]["breaker"] != "closed").then_some(ready))
         },
     )
@@ -151,13 +145,7 @@ async fn kafka_killed_mid_stream_every_submission_is_answered_202_and_arrives_in
         "each course's events are in acceptance order"
     );
     feedback_tests::eventually(Duration::from_secs(10), "the spool to drain", || async {
-        let ready: Value = ingest
-            .client
-            .get(format!("{}/readyz", ingest.url))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let ready = ingest.readyz().await?;
         Ok((ready["checks"]["spool"]["depth"] == 0).then_some(()))
     })
     .await

@@ -466,24 +466,9 @@ async fn with_a_read_url_stats_are_read_from_the_replica() {
 
 #[tokio::test]
 async fn query_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
-    for secret in [None, Some("too-short-secret")] {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_query"));
-        command
-            .env_remove("FEEDBACK_JWT_SECRET")
-            .env("FEEDBACK_QUERY_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "error");
-        if let Some(secret) = secret {
-            command.env("FEEDBACK_JWT_SECRET", secret);
-        }
-        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
-            .await
-            .expect("it exits")
-            .unwrap();
-        assert!(!output.status.success(), "{secret:?}: it started");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("FEEDBACK_JWT_SECRET"),
-            "{secret:?}: {stderr}"
-        );
-    }
+    feedback_tests::assert_refuses_to_start_without_a_jwt_secret(
+        env!("CARGO_BIN_EXE_query"),
+        &[("FEEDBACK_QUERY_ADDR", "127.0.0.1:0".into())],
+    )
+    .await;
 }

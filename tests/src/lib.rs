@@ -94,6 +94,32 @@ where
     }
 }
 
+/// Asserts that service `binary`, with `env`, exits naming
+/// `FEEDBACK_JWT_SECRET` when the variable is unset and when it is shorter
+/// than 32 bytes (the contract: such a service refuses to start).
+pub async fn assert_refuses_to_start_without_a_jwt_secret(binary: &str, env: &[(&str, String)]) {
+    for secret in [None, Some("too-short-secret")] {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .env_remove("FEEDBACK_JWT_SECRET")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(secret) = secret {
+            command.env("FEEDBACK_JWT_SECRET", secret);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("it exits")
+            .expect("the binary runs");
+        assert!(!output.status.success(), "{secret:?}: it started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("FEEDBACK_JWT_SECRET"),
+            "{secret:?}: {stderr}"
+        );
+    }
+}
+
 /// The JWT secret every test service uses.
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 

@@ -74,6 +74,17 @@ impl TestIngest {
             .expect("ingest answers")
     }
 
+    /// `/readyz`'s body (whatever its status).
+    pub async fn readyz(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .client
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Triggers graceful shutdown and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
