@@ -126,11 +126,11 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         tracing::info!(addr = %self.listener.local_addr()?, topic = %self.config.topic, group = %self.config.group, "aggregator running");
-        let app = Router::new()
+        let routes = Router::new()
             .route("/readyz", get(readyz))
-            .merge(shared::http::health_routes())
-            // Before the layers, so a 405 gets the request id, the metrics and the trace too.
-            .method_not_allowed_fallback(shared::http::method_not_allowed)
+            .merge(shared::http::health_routes());
+        // The fallbacks before the layers: a 404 or 405 counts in the metrics too.
+        let app = shared::http::fallbacks(routes)
             .layer(shared::http::catch_panic())
             .layer(axum::middleware::from_fn(shared::http::track_metrics))
             .with_state(Probes {

@@ -166,13 +166,16 @@ fn spawn_topic_creation(brokers: String, topic: String) {
 
 pub fn router(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/feedback", post(feedback::submit).fallback(shared::http::method_not_allowed))
+    let routes = Router::new()
+        .route(
+            "/v1/feedback",
+            post(feedback::submit).fallback(shared::http::method_not_allowed),
+        )
         .route("/", get(form))
         .route("/readyz", get(readyz))
-        .merge(shared::http::health_routes())
-        // Before the layers, so a 405 gets the request id, the metrics and the trace too.
-        .method_not_allowed_fallback(shared::http::method_not_allowed)
+        .merge(shared::http::health_routes());
+    // The fallbacks before the layers: a 404 or 405 gets the request id, the metrics and the trace too.
+    shared::http::fallbacks(routes)
         .layer(DefaultBodyLimit::disable())
         .layer(shared::http::catch_panic())
         .layer(axum::middleware::from_fn(shared::http::track_metrics))

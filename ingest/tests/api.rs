@@ -267,6 +267,10 @@ async fn every_bad_input_gets_its_status_code_and_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        r.headers().contains_key("x-request-id"),
+        "the 404 passes the layers"
+    );
     assert_eq!(error_of(r).await["code"], "not_found");
     ingest.shutdown().await;
 }

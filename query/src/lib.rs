@@ -194,7 +194,7 @@ async fn prepare(state: AppState, config: Config) {
 pub fn router(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     let not_allowed = shared::http::method_not_allowed;
-    Router::new()
+    let routes = Router::new()
         .route("/v1/courses", get(courses::list).fallback(not_allowed))
         .route(
             "/v1/courses/{course_id}/stats",
@@ -214,9 +214,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin", get(admin))
         .route("/readyz", get(readyz))
-        .merge(shared::http::health_routes())
-        // Before the layers, so a 405 gets the request id, the metrics and the trace too.
-        .method_not_allowed_fallback(shared::http::method_not_allowed)
+        .merge(shared::http::health_routes());
+    // The fallbacks before the layers: a 404 or 405 gets the request id, the metrics and the trace too.
+    shared::http::fallbacks(routes)
         .layer(shared::http::catch_panic())
         .layer(axum::middleware::from_fn(shared::http::track_metrics))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

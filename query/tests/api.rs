@@ -152,7 +152,31 @@ async fn bad_course_ids_unknown_paths_and_wrong_methods_answer_in_the_contract_f
     }
     let response = query.get("/v1/nothing").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "the 404 passes the service's layers too"
+    );
     assert_eq!(error_of(response).await["code"], "not_found");
+    // Any token is a method: one the metrics do not know is labelled `other`,
+    // so that made-up methods cannot add series to /metrics without end.
+    let made_up = reqwest::Method::from_bytes(b"ZZTOPMETHOD").unwrap();
+    let response = query
+        .client
+        .request(made_up, format!("{}/healthz", query.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let metrics = query.get_as("/metrics", None).await.text().await.unwrap();
+    assert!(!metrics.contains("ZZTOPMETHOD"), "{metrics}");
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/healthz",method="other",status="405"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="unmatched",method="GET",status="404""#),
+        "the 404 counts in the metrics: {metrics}"
+    );
     let response = query
         .client
         .post(format!("{}/v1/courses/CS101/stats", query.url))

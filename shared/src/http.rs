@@ -116,6 +116,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A service's fallbacks, the contract's 404 and 405 bodies instead of axum's
+/// empty ones. Set before the service's layers, so that a 404 or 405 carries
+/// the request id and counts in the metrics like any other answer (set after
+/// them, it would bypass them).
+pub fn fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
 /// Fallback for unknown paths: the contract's 404 body instead of an empty one.
 pub async fn not_found() -> ApiError {
     ApiError::not_found()
@@ -192,10 +202,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app
-        .fallback(not_found)
-        // A net for a router that set none: the contract's 405 body instead
-        // of axum's empty one. (The services set theirs before their layers,
-        // which one set here, after them, would bypass.)
+        // A net for a route that set none (the services set theirs with
+        // `fallbacks`, before their layers, which this would bypass). No such
+        // net for the 404: `fallback` here would replace the service's own.
         .method_not_allowed_fallback(method_not_allowed)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
@@ -229,6 +238,25 @@ pub async fn sanitize_request_id(
     next.run(request).await
 }
 
+/// A request's method as a metrics label: one of HTTP's own methods, else
+/// `other`. Any token is a valid method, and a label taken from the request
+/// as it came would let anyone add series to `/metrics` without end.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts requests by route, method and status, and times them.
 /// The route is the matched pattern (`/v1/courses/{course_id}/stats`), never the raw path.
 pub async fn track_metrics(
@@ -237,11 +265,11 @@ pub async fn track_metrics(
     next: axum::middleware::Next,
 ) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!("http_request_duration_seconds", "route" => route.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
