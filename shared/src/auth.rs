@@ -46,6 +46,9 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        // A token that says it is not valid yet (RFC 7519 `nbf`) is not,
+        // though the contract requires only `exp`.
+        validation.validate_nbf = true;
         // The contract names no audience: a token that carries one (an
         // identity provider's, say) is judged on the claims it does name.
         validation.validate_aud = false;
@@ -230,6 +233,25 @@ mod tests {
             status(keys.authorize(&bearer(&token), Role::Admin)),
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let keys = JwtKeys::new(SECRET).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        let with_nbf = |nbf: u64| {
+            let claims =
+                serde_json::json!({"sub": "a", "role": "admin", "exp": now + 7200, "nbf": nbf});
+            let token = jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            status(keys.authorize(&bearer(&token), Role::Admin))
+        };
+        assert_eq!(with_nbf(now + 3600), StatusCode::UNAUTHORIZED);
+        assert_eq!(with_nbf(now - 10), StatusCode::OK);
     }
 
     #[test]
