@@ -14,7 +14,12 @@
 //! MariaDB and MySQL both turn that form into an index range.
 //!
 //! The cursor is opaque to clients: base64url of `{submitted_at µs}:{feedback_id}`
-//! of the last row shown. No student identifier appears in any answer.
+//! of the last row shown, then a tag (HMAC-SHA-256 of the course and that
+//! text, 16 bytes) under a key derived from `FEEDBACK_JWT_SECRET`. So a cursor
+//! this service did not issue, or issued for another course, is 400
+//! `invalid_cursor`, not a page from some other place. (Changing the secret
+//! turns every outstanding cursor away too; the admin starts at page one.)
+//! No student identifier appears in any answer.
 
 use std::collections::HashMap;
 
@@ -23,8 +28,10 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hmac::{Mac, SimpleHmac};
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
+use sha2::Sha256;
 use shared::auth::Admin;
 use shared::http::ApiError;
 
@@ -39,6 +46,9 @@ pub const MAX_LIMIT: u32 = 200;
 const DATETIME_FIRST_MICROS: i64 = -30_610_224_000_000_000;
 const DATETIME_LAST_MICROS: i64 = 253_402_300_799_999_999;
 
+/// Bytes of a cursor's tag.
+const TAG_LEN: usize = 16;
+
 /// Where a page starts: just after (older than) this row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -47,31 +57,75 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.submitted_at_micros, self.feedback_id))
+    fn text(&self) -> String {
+        format!("{}:{}", self.submitted_at_micros, self.feedback_id)
     }
 
-    pub fn decode(raw: &str) -> Result<Self, ApiError> {
-        let invalid = || {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this service issued")
-                .with_field("cursor")
-        };
-        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-        let submitted_at_micros: i64 = micros.parse().map_err(|_| invalid())?;
-        // Within DATETIME's years 1000 to 9999, as every stored row is.
-        if !(DATETIME_FIRST_MICROS..=DATETIME_LAST_MICROS).contains(&submitted_at_micros) {
-            return Err(invalid());
-        }
+    /// `{µs}:{feedback_id}`, within DATETIME's years 1000 to 9999 as every
+    /// stored row is, with a 26-character ULID.
+    fn parse(text: &str) -> Option<Self> {
+        let (micros, id) = text.split_once(':')?;
+        let submitted_at_micros: i64 = micros.parse().ok()?;
+        let in_range =
+            (DATETIME_FIRST_MICROS..=DATETIME_LAST_MICROS).contains(&submitted_at_micros);
         let id_ok = id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !id_ok {
-            return Err(invalid());
-        }
-        Ok(Self {
+        (in_range && id_ok).then(|| Self {
             submitted_at_micros,
             feedback_id: id.to_owned(),
         })
+    }
+}
+
+/// Signs the cursors this service gives out and checks those it is given.
+pub struct CursorKey {
+    key: [u8; 32],
+}
+
+impl CursorKey {
+    /// The key, derived from `secret` (the JWT secret) for this use only.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut mac = SimpleHmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+        mac.update(b"feedback query: comment page cursors, v1");
+        Self {
+            key: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    fn mac(&self, course: &str, text: &str) -> SimpleHmac<Sha256> {
+        let mut mac = SimpleHmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        // The course's length first: no course and text can pass for another pair.
+        mac.update(&(course.len() as u64).to_be_bytes());
+        mac.update(course.as_bytes());
+        mac.update(text.as_bytes());
+        mac
+    }
+
+    /// The cursor a client gets for `course`.
+    pub fn encode(&self, course: &str, cursor: &Cursor) -> String {
+        let text = cursor.text();
+        let tag = self.mac(course, &text).finalize().into_bytes();
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(&tag[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A cursor this service issued for `course`; 400 `invalid_cursor` otherwise.
+    pub fn decode(&self, course: &str, raw: &str) -> Result<Cursor, ApiError> {
+        let invalid = || {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor is not one this service issued for this course",
+            )
+            .with_field("cursor")
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
+        let split = bytes.len().checked_sub(TAG_LEN).ok_or_else(invalid)?;
+        let (text, tag) = bytes.split_at(split);
+        let text = std::str::from_utf8(text).map_err(|_| invalid())?;
+        self.mac(course, text)
+            .verify_truncated_left(tag)
+            .map_err(|_| invalid())?;
+        Cursor::parse(text).ok_or_else(invalid)
     }
 }
 
@@ -167,7 +221,10 @@ pub async fn list(
     let course = params::course_id(path)?;
     let params = Params::parse(query)?;
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after = params.get("cursor").map(Cursor::decode).transpose()?;
+    let after = params
+        .get("cursor")
+        .map(|raw| state.cursors.decode(course.as_str(), raw))
+        .transpose()?;
     let db = &state.db;
     // One row beyond the page says whether another page follows.
     let mut items = db
@@ -178,7 +235,9 @@ pub async fn list(
         .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|last| last.cursor().encode())
+        items
+            .last()
+            .map(|last| state.cursors.encode(course.as_str(), &last.cursor()))
     } else {
         None
     };
@@ -191,39 +250,68 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_400_on_the_cursor_field() {
+        let key = CursorKey::new(b"0123456789abcdef0123456789abcdef");
         let cursor = Cursor {
             submitted_at_micros: 1_793_527_200_123_456,
             feedback_id: "01JC0000000000000000000000".into(),
         };
-        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        assert_eq!(
+            key.decode("CS101", &key.encode("CS101", &cursor)).unwrap(),
+            cursor
+        );
         for edge in [DATETIME_FIRST_MICROS, DATETIME_LAST_MICROS] {
             let cursor = Cursor {
                 submitted_at_micros: edge,
                 ..cursor.clone()
             };
-            assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+            assert_eq!(key.decode("C", &key.encode("C", &cursor)).unwrap(), cursor);
             assert_eq!(
                 shared::db::from_micros(edge).year(),
                 if edge < 0 { 1000 } else { 9999 }
             );
         }
-        let forged = |text: &str| URL_SAFE_NO_PAD.encode(text);
+        let refused = |course: &str, raw: &str| {
+            let err = key.decode(course, raw).unwrap_err();
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{raw}");
+            assert_eq!(err.field, Some("cursor"));
+        };
+        // Issued, but for another course (or the same text under another key).
+        refused("CS102", &key.encode("CS101", &cursor));
+        refused("CS10", &key.encode("CS101", &cursor));
+        let other = CursorKey::new(b"another secret of thirty-two bytes or more");
+        refused("CS101", &other.encode("CS101", &cursor));
+        // Well formed but unsigned (as cursors were before they had a tag),
+        // or with its text changed under the tag.
+        refused("CS101", &URL_SAFE_NO_PAD.encode(cursor.text()));
+        let mut edited = URL_SAFE_NO_PAD
+            .decode(key.encode("CS101", &cursor))
+            .unwrap();
+        edited[0] = b'2';
+        refused("CS101", &URL_SAFE_NO_PAD.encode(&edited));
+        // Signed, but outside what a stored row can be (the key signs only
+        // what it is given: this checks the parse behind the tag).
+        let signed = |text: &str| {
+            let mut bytes = text.as_bytes().to_vec();
+            bytes.extend_from_slice(&key.mac("C", text).finalize().into_bytes()[..TAG_LEN]);
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        assert!(key
+            .decode("C", &signed("1:01JC0000000000000000000000"))
+            .is_ok());
         for bad in [
+            signed("no-colon"),
+            signed("12:short"),
+            signed("x:01JC0000000000000000000000"),
+            signed("1:01JC00000000000000000000'; --"),
+            // Outside DATETIME: the year 10000, and one before the year 1000.
+            signed("253402300800000000:01JC0000000000000000000000"),
+            signed("-30610224000000001:01JC0000000000000000000000"),
+            signed("-9223372036854775808:01JC0000000000000000000000"),
             "".to_owned(),
             "!!!".to_owned(),
-            forged("no-colon"),
-            forged("12:short"),
-            forged("x:01JC0000000000000000000000"),
-            forged("1:01JC00000000000000000000'; --"),
             URL_SAFE_NO_PAD.encode([0xff, 0xfe, b':']),
-            // Outside DATETIME: the year 10000, and one before the year 1000.
-            forged("253402300800000000:01JC0000000000000000000000"),
-            forged("-30610224000000001:01JC0000000000000000000000"),
-            forged("-9223372036854775808:01JC0000000000000000000000"),
         ] {
-            let err = Cursor::decode(&bad).unwrap_err();
-            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
-            assert_eq!(err.field, Some("cursor"));
+            refused("C", &bad);
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct AppState {
     pub migrated: Arc<AtomicBool>,
     /// How long a CSV export waits for a client that stopped reading.
     pub export_stall: Duration,
+    /// Signs the comment pages' cursors.
+    pub cursors: Arc<comments::CursorKey>,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -114,6 +116,7 @@ impl Application {
             db,
             migrated: Arc::new(AtomicBool::new(false)),
             export_stall: config.export_stall,
+            cursors: Arc::new(comments::CursorKey::new(config.jwt_secret.as_bytes())),
         };
         let listener = shared::http::bind(&config.addr).await?;
         Ok(Self {

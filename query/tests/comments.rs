@@ -110,6 +110,15 @@ async fn paging_with_the_cursor_yields_every_current_response_exactly_once_newes
         newest_first(&rows),
         "every current response once, newest first, no superseded one"
     );
+    // A cursor belongs to its course: PAGED's, sent for OTHER, is refused
+    // rather than answered with OTHER's rows older than that time.
+    let first = query.json("/v1/courses/PAGED/feedback?limit=50").await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let response = query
+        .get(&format!("/v1/courses/OTHER/feedback?cursor={cursor}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(response).await["code"], "invalid_cursor");
     query.shutdown().await;
 }
 
