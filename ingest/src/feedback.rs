@@ -8,6 +8,7 @@
 //! the idempotency key, then delivery.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -43,15 +44,22 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Answer>), ApiError> {
-    state.limits.per_ip.check(&client.ip())?;
     let claims = state.keys.authorize(&headers, Role::Student)?;
     let student = StudentKey::derive(&state.student_key_secret, &claims.sub);
+    let idempotency_key = idempotency::key_from(&headers)?;
+    // A retry of a request already answered gets that answer again, as the
+    // contract promises, without counting against the rate limits.
+    if let Some(key) = &idempotency_key {
+        if let Some(answer) = state.idempotency.answered(&student, key)? {
+            return Ok((StatusCode::ACCEPTED, Json(answer)));
+        }
+    }
+    state.limits.per_ip.check(&client.ip())?;
     state
         .limits
         .per_student
         .check(&student.as_str().to_owned())?;
     require_json(&headers)?;
-    let idempotency_key = idempotency::key_from(&headers)?;
     let bytes = read_body(&headers, body).await?;
     let mut submission = parse(&bytes)?;
     submission.comment = apply_policy(&state, submission.comment)?;
@@ -143,19 +151,30 @@ async fn deliver(
     }
 }
 
+/// `application/json`, with no charset or `charset=utf-8` (JSON is UTF-8,
+/// RFC 8259; a body declared as Latin-1 or UTF-16 is not one this reads).
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
+    let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        .unwrap_or_default();
+    let mut parts = value.split(';');
+    let mime = parts.next().unwrap_or_default();
+    let charset_ok = parts.all(|param| match param.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let charset = charset.trim().trim_matches('"');
+            charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    let is_json = mime.trim().eq_ignore_ascii_case("application/json") && charset_ok;
     if is_json {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "Content-Type must be application/json",
+            "Content-Type must be application/json (in UTF-8)",
         ))
     }
 }
@@ -172,7 +191,13 @@ fn too_large() -> ApiError {
     .with_header(header::CONNECTION, "close")
 }
 
-/// Reads at most [`MAX_BODY_BYTES`]; a larger declared length is refused unread.
+/// How long a body may take to arrive: 16 KiB at well under 2 KB/s. A
+/// client that stops half-way would otherwise hold its connection and this
+/// handler for good.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads at most [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`]; a larger
+/// declared length is refused unread.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -182,7 +207,18 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiE
         return Err(too_large());
     }
     let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    match limited.collect().await {
+    let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+        .with_header(header::CONNECTION, "close"));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err)
             if err

@@ -66,6 +66,13 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    if headers.get_all("idempotency-key").iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        )
+        .with_field("Idempotency-Key"));
+    }
     let invalid = || {
         ApiError::bad_request(
             "invalid_idempotency_key",
@@ -94,6 +101,28 @@ impl Idempotency {
 
     fn tree(&self) -> &sled::Tree {
         self.store.idempotency_tree()
+    }
+
+    /// The answer already given to `student`'s `key` within the time kept,
+    /// if any: a retry gets it before its rate limit is counted.
+    pub fn answered(&self, student: &StudentKey, key: &str) -> Result<Option<Answer>, ApiError> {
+        let db_key = format!("{}:{key}", student.as_str());
+        let Some(value) = self.tree().get(db_key.as_bytes()).map_err(store_failed)? else {
+            return Ok(None);
+        };
+        let answer = serde_json::from_slice::<Entry>(&value)
+            .ok()
+            .filter(|entry| entry.created_at + self.ttl.as_secs() as i64 > now())
+            .and_then(|entry| {
+                entry.status.map(|status| Answer {
+                    feedback_id: entry.feedback_id,
+                    status,
+                })
+            });
+        if answer.is_some() {
+            metrics::counter!("ingest_idempotent_replays_total").increment(1);
+        }
+        Ok(answer)
     }
 
     /// Reserves `key` for `record`, or says what an earlier request did with it.

@@ -153,6 +153,16 @@ async fn every_bad_input_gets_its_status_code_and_field() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(error_of(r).await["code"], "unsupported_media_type");
+    // JSON is UTF-8: a body declared in another charset is not one ingest reads.
+    for ct in [
+        "application/json; charset=latin1",
+        "application/json; charset=\"UTF-16\"",
+    ] {
+        let r = raw(ct, br#"{"course_id":"C","rating":3}"#.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+    }
 
     let r = raw("application/json", vec![b' '; 16 * 1024 + 1])
         .await
@@ -327,12 +337,27 @@ async fn a_student_over_the_limit_gets_429_with_rate_limit_headers() {
     config.rate_limit_student_per_min = 3;
     let ingest = TestIngest::spawn_with(config).await;
     let body = json!({"course_id": "CS101", "rating": 5});
-    for _ in 0..3 {
+    let keyed = || {
+        ingest
+            .client
+            .post(format!("{}/v1/feedback", ingest.url))
+            .bearer_auth(student("carol"))
+            .header("idempotency-key", "carol-1")
+            .json(&body)
+            .send()
+    };
+    let first: Value = keyed().await.unwrap().json().await.unwrap();
+    for _ in 0..2 {
         assert_eq!(
             ingest.post(&student("carol"), &body).await.status(),
             StatusCode::ACCEPTED
         );
     }
+    // Over the limit, a retry of a request already answered still gets its
+    // answer (the contract: the same key gets the same answer).
+    let retry = keyed().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
     let limited = ingest.post(&student("carol"), &body).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     for header in [
@@ -422,6 +447,22 @@ async fn the_same_idempotency_key_gets_the_same_answer_and_one_event_even_after_
     );
     let bad = post(&ingest, "erin", "has space").await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let two = ingest
+        .client
+        .post(format!("{}/v1/feedback", ingest.url))
+        .bearer_auth(student("erin"))
+        .header("idempotency-key", "key-1")
+        .header("idempotency-key", "key-2")
+        .json(&json!({"course_id": "CS101", "rating": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        two.status(),
+        StatusCode::BAD_REQUEST,
+        "which key would it be?"
+    );
+    assert_eq!(error_of(two).await["field"], "Idempotency-Key");
     ingest.shutdown().await;
 
     let ingest = TestIngest::spawn_with(config(&topic, spool)).await;

@@ -19,6 +19,10 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub enum Role {
     Student,
     Admin,
+    /// Any other role a correctly signed token names (`teacher`, say): an
+    /// authentic token with the wrong role, so 403 rather than 401.
+    #[serde(other)]
+    Other,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +92,7 @@ impl JwtKeys {
             let wanted = match role {
                 Role::Student => "student",
                 Role::Admin => "admin",
+                Role::Other => "a known",
             };
             return Err(ApiError::forbidden(format!("this needs the {wanted} role")));
         }
@@ -298,10 +303,31 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
 
-        let other_role = serde_json::json!({"sub": "a", "role": "teacher", "exp": now + 60});
+        // A signed token with a role the service does not know is authentic
+        // but has the wrong role: 403. Without a role it is not a token of
+        // this service at all: 401.
+        for (role, expected) in [
+            (serde_json::json!("teacher"), StatusCode::FORBIDDEN),
+            (serde_json::json!("Student"), StatusCode::FORBIDDEN),
+            (serde_json::json!(7), StatusCode::UNAUTHORIZED),
+        ] {
+            let claims = serde_json::json!({"sub": "a", "role": role, "exp": now + 60});
+            let token = jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert_eq!(
+                status(keys.authorize(&bearer(&token), Role::Student)),
+                expected,
+                "{role}"
+            );
+        }
+        let no_role = serde_json::json!({"sub": "a", "exp": now + 60});
         let token = jsonwebtoken::encode(
             &Header::default(),
-            &other_role,
+            &no_role,
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();

@@ -195,22 +195,7 @@ pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-/// Serves `app` until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = app
-        // A net for a route that set none (the services set theirs with
-        // `fallbacks`, before their layers, which this would bypass). No such
-        // net for the 404: `fallback` here would replace the service's own.
-        .method_not_allowed_fallback(method_not_allowed)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+pub use crate::server::serve;
 
 /// The longest `X-Request-Id` a client may choose.
 pub const MAX_REQUEST_ID_LEN: usize = 128;

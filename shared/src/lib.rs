@@ -25,5 +25,6 @@ pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
