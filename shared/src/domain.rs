@@ -154,10 +154,17 @@ impl FeedbackId {
         Self(ulid::Ulid::new())
     }
 
+    /// A ULID in its canonical form only: upper case, as the schema's
+    /// pattern says, and within 128 bits. The decoder alone would take
+    /// `01k…` or `ZZZ…` and hand back another spelling (`01K…`, `7ZZ…`),
+    /// which would then be stored, and taken as a duplicate of the id it
+    /// became.
     pub fn parse(value: &str) -> Result<Self, Invalid> {
         ulid::Ulid::from_string(value)
+            .ok()
+            .filter(|id| id.to_string() == value)
             .map(Self)
-            .map_err(|_| Invalid("feedback_id must be a ULID".into()))
+            .ok_or_else(|| Invalid("feedback_id must be a ULID in upper case".into()))
     }
 }
 
@@ -278,5 +285,23 @@ mod tests {
         let second = FeedbackId::generate();
         assert!(first < second);
         assert!(first.to_string() < second.to_string());
+    }
+
+    #[test]
+    fn feedback_ids_are_taken_only_as_the_schema_spells_them() {
+        let id = FeedbackId::generate().to_string();
+        assert_eq!(FeedbackId::parse(&id).unwrap().to_string(), id);
+        for bad in [
+            id.to_lowercase(),
+            // Past 128 bits: the decoder would wrap it to 7ZZZ…
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+            // Crockford's aliases of 0 and 1.
+            id.replacen('0', "O", 1),
+            format!("{}L", &id[..25]),
+            id[..25].to_owned(),
+            String::new(),
+        ] {
+            assert!(FeedbackId::parse(&bad).is_err(), "{bad}");
+        }
     }
 }

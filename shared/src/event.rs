@@ -137,6 +137,19 @@ mod tests {
         value["rating"] = 9.into();
         assert!(FeedbackSubmitted::decode(value.to_string().as_bytes()).is_err());
         assert!(FeedbackSubmitted::decode(b"not json").is_err());
+
+        // An id the schema does not spell that way goes to the DLQ too.
+        for id in [
+            sample().feedback_id.to_string().to_lowercase(),
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+        ] {
+            let mut value = serde_json::to_value(sample()).unwrap();
+            value["feedback_id"] = id.clone().into();
+            assert!(
+                FeedbackSubmitted::decode(value.to_string().as_bytes()).is_err(),
+                "{id}"
+            );
+        }
     }
 
     #[test]
