@@ -9,6 +9,15 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
+/// The most of a poison message's payload and key a dead letter carries.
+/// A broker takes about 1 MiB per message by default (and librdkafka sends
+/// at most 1,000,000 bytes): a poison message near that size, with the
+/// headers added, would not fit, and was skipped after five tries. Longer
+/// ones are cut, saying so and their full length in `x-dlq-truncated`; the
+/// whole message stays in the topic at its partition and offset.
+pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;
+pub const MAX_DLQ_KEY: usize = 4 * 1024;
+
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
@@ -44,8 +53,22 @@ impl DeadLetters {
     pub async fn send(&self, poison: &Poison) {
         let partition = poison.partition.to_string();
         let offset = poison.offset.to_string();
+        let payload = &poison.payload[..poison.payload.len().min(MAX_DLQ_PAYLOAD)];
+        let key = poison
+            .key
+            .as_ref()
+            .map(|key| &key[..key.len().min(MAX_DLQ_KEY)]);
+        let truncated = (payload.len() < poison.payload.len()
+            || key.map(<[u8]>::len) < poison.key.as_ref().map(Vec::len))
+        .then(|| {
+            format!(
+                "payload {} bytes, key {} bytes",
+                poison.payload.len(),
+                poison.key.as_ref().map_or(0, Vec::len)
+            )
+        });
         for attempt in 1..=5 {
-            let headers = OwnedHeaders::new()
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "x-dlq-reason",
                     value: Some(poison.reason.as_bytes()),
@@ -58,10 +81,16 @@ impl DeadLetters {
                     key: "x-original-offset",
                     value: Some(offset.as_bytes()),
                 });
+            if let Some(truncated) = &truncated {
+                headers = headers.insert(Header {
+                    key: "x-dlq-truncated",
+                    value: Some(truncated.as_bytes()),
+                });
+            }
             let mut record = FutureRecord::to(&self.topic)
-                .payload(&poison.payload)
+                .payload(payload)
                 .headers(headers);
-            if let Some(key) = &poison.key {
+            if let Some(key) = key {
                 record = record.key(key);
             }
             match self

@@ -504,6 +504,10 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     messages.push((key.clone(), serde_json::to_vec(&bad_schema).unwrap()));
     messages.push((key.clone(), serde_json::to_vec(&bad_version).unwrap()));
     messages.push((key.clone(), serde_json::to_vec(&bad_time).unwrap()));
+    // Near the broker's limit: with the dead letter's headers it would not
+    // fit (it was skipped); it goes cut, saying so.
+    let huge = vec![b'x'; 1_040_000];
+    messages.push((key.clone(), huge.clone()));
     messages.extend(good[10..].iter().map(|e| (key.clone(), e.to_json())));
     produce_raw(&scenario.topic, &messages).await;
 
@@ -515,24 +519,24 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     .await;
     let dead = feedback_tests::consume(
         &shared::kafka::dlq_topic(&scenario.topic),
-        4,
+        5,
         Duration::from_secs(30),
     )
     .await
     .unwrap();
     let payloads: Vec<Vec<u8>> = dead.iter().map(|m| m.payload.clone()).collect();
-    assert_eq!(
-        payloads,
-        messages[10..14]
-            .iter()
-            .map(|(_, p)| p.clone())
-            .collect::<Vec<_>>()
+    let mut sent: Vec<Vec<u8>> = messages[10..15].iter().map(|(_, p)| p.clone()).collect();
+    sent[4].truncate(aggregator::dlq::MAX_DLQ_PAYLOAD);
+    assert_eq!(payloads.len(), 5);
+    assert!(
+        payloads == sent,
+        "the dead letters are the poison, in order"
     );
     assert!(
         dead.iter().all(|m| m.key == key),
         "the key travels with the poison"
     );
-    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic), 4).await;
+    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic), 5).await;
     assert!(reasons[0].contains("not a JSON event"), "{reasons:?}");
     assert!(reasons[1].contains("rating"), "{reasons:?}");
     assert!(
@@ -540,12 +544,39 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
         "{reasons:?}"
     );
     assert!(reasons[3].contains("submitted_at"), "{reasons:?}");
-    assert!(metric(&aggregator.metrics().await, "aggregator_dlq_total") >= 4.0);
+    assert!(reasons[4].contains("not a JSON event"), "{reasons:?}");
+    let truncated = dlq_header(
+        &shared::kafka::dlq_topic(&scenario.topic),
+        4,
+        "x-dlq-truncated",
+    )
+    .await;
+    assert_eq!(
+        truncated.as_deref(),
+        Some("payload 1040000 bytes, key 5 bytes")
+    );
+    let metrics = aggregator.metrics().await;
+    assert!(metric(&metrics, "aggregator_dlq_total") >= 5.0);
+    assert_eq!(metric(&metrics, "aggregator_dlq_failed_total"), 0.0);
     aggregator.shutdown().await;
+}
+
+/// Header `name` of the dead letter at `index`, if it has one.
+async fn dlq_header(topic: &str, index: usize, name: &str) -> Option<String> {
+    dlq_headers(topic, index + 1, name).await.pop().flatten()
 }
 
 /// The `x-dlq-reason` header of the first `count` dead letters, in order.
 async fn dlq_reasons(topic: &str, count: usize) -> Vec<String> {
+    dlq_headers(topic, count, "x-dlq-reason")
+        .await
+        .into_iter()
+        .map(|reason| reason.expect("a reason header"))
+        .collect()
+}
+
+/// Header `name` of the first `count` dead letters, in order.
+async fn dlq_headers(topic: &str, count: usize, name: &str) -> Vec<Option<String>> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let consumer: StreamConsumer = shared::kafka::client_config(&feedback_tests::kafka_brokers())
@@ -560,16 +591,11 @@ async fn dlq_reasons(topic: &str, count: usize) -> Vec<String> {
             .await
             .unwrap()
             .unwrap();
-        let reason = message
+        let value = message
             .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "x-dlq-reason")
-                    .and_then(|h| h.value)
-            })
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .expect("a reason header");
-        reasons.push(reason);
+            .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        reasons.push(value);
     }
     reasons
 }

@@ -253,6 +253,9 @@ pub async fn produce_raw(topic: &str, messages: &[(String, Vec<u8>)]) {
     let producer: FutureProducer = shared::kafka::client_config(&kafka_brokers())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // Up to what the broker takes (1 MiB and a little): a test sends one
+        // poison message near that size.
+        .set("message.max.bytes", "1048000")
         .create()
         .expect("a producer");
     let sends = messages.iter().map(|(key, payload)| {
