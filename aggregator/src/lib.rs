@@ -74,6 +74,20 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
+        shared::metrics::show_counters(&[
+            ("aggregator_events_applied_total", &[]),
+            ("aggregator_duplicates_skipped_total", &[]),
+            ("aggregator_dlq_total", &[]),
+            ("aggregator_dlq_failed_total", &[]),
+            ("aggregator_rebalances_total", &[]),
+            ("aggregator_redelivered_batches_total", &[]),
+            ("aggregator_offsets_rewound_total", &[]),
+            ("aggregator_redis_invalidations_total", &[]),
+            ("aggregator_redis_repairs_total", &[("reason", "outage")]),
+            ("aggregator_redis_repairs_total", &[("reason", "reconcile")]),
+            ("aggregator_sink_conflicts_total", &[]),
+            ("aggregator_sink_failures_total", &[]),
+        ]);
         shared::db::migrate(&config.mysql_url).await?;
         let pool = shared::db::pool(&config.mysql_url)?;
         shared::kafka::ensure_topic(&config.brokers, &config.topic, shared::kafka::PARTITIONS)

@@ -21,6 +21,14 @@ async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count
     // Metrics are process-wide and this binary's tests run at once: each
     // figure below is what was added since here, not the absolute count.
     let before = aggregator.metrics().await;
+    // Counters show from the start, at 0 until their first increment.
+    for name in [
+        "aggregator_dlq_failed_total",
+        "aggregator_offsets_rewound_total",
+        "aggregator_redis_repairs_total{reason=\"outage\"}",
+    ] {
+        assert!(before.contains(name), "{name} missing from /metrics");
+    }
     produce(&scenario.topic, &stream).await;
 
     let want = expected(&events);

@@ -68,6 +68,17 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
+        shared::metrics::show_counters(&[
+            ("ingest_idempotent_replays_total", &[]),
+            ("ingest_producer_renewals_total", &[]),
+            ("ingest_rate_limited_total", &[("limit", "student")]),
+            ("ingest_rate_limited_total", &[("limit", "address")]),
+            ("ingest_sensitive_total", &[("action", "masked")]),
+            ("ingest_sensitive_total", &[("action", "rejected")]),
+            ("ingest_spool_full_total", &[]),
+            ("ingest_spool_replayed_total", &[]),
+            ("ingest_spool_unreadable_total", &[]),
+        ]);
         let filter = match &config.sensitive_words_file {
             Some(path) => SensitiveFilter::from_file(path)?,
             None => SensitiveFilter::from_words(config::DEFAULT_WORDS.lines())?,

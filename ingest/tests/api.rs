@@ -529,6 +529,10 @@ async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
         "http_request_duration_seconds_bucket",
         "ingest_produce_duration_seconds",
         "ingest_spool_depth",
+        // Counters show from the start, at 0 until their first increment.
+        "ingest_spool_full_total",
+        "ingest_rate_limited_total{limit=\"address\"}",
+        "ingest_sensitive_total{action=\"rejected\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

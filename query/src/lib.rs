@@ -97,6 +97,11 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
+        shared::metrics::show_counters(&[
+            ("query_cache_fills_total", &[("outcome", "written")]),
+            ("query_cache_fills_total", &[("outcome", "refused")]),
+            ("query_cache_fills_total", &[("outcome", "unreachable")]),
+        ]);
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?);
         let db = Db::new(config.read_url(), config.mysql_timeout)?;
         let redis = Arc::new(GuardedRedis::connect(

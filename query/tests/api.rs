@@ -264,6 +264,7 @@ async fn probes_and_metrics_need_no_token_and_count_hits_misses_and_routes() {
         "query_cache_hits_total",
         "query_cache_misses_total",
         "query_mysql_loads_total",
+        "query_cache_fills_total{outcome=\"unreachable\"}",
         "http_requests_total{route=\"/v1/courses/{course_id}/stats\"",
         "http_request_duration_seconds_bucket{route=\"/v1/courses/{course_id}/stats\"",
     ] {

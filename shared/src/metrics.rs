@@ -34,6 +34,19 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// Installs the recorder and runs its upkeep (histogram rotation) every few seconds.
+/// Shows each counter on `/metrics` from the start, at 0, rather than only
+/// after its first increment: a query or an alert on a counter that is not
+/// there yet sees no data, not zero. Each entry is a name and its labels.
+pub fn show_counters(counters: &[(&'static str, &[(&'static str, &'static str)])]) {
+    for (name, labels) in counters {
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(key, value)| metrics::Label::new(*key, *value))
+            .collect();
+        metrics::counter!(*name, labels).increment(0);
+    }
+}
+
 pub fn install() -> PrometheusHandle {
     let handle = handle();
     let upkeep = handle.clone();
