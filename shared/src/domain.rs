@@ -20,12 +20,15 @@ impl CourseId {
 
     pub fn parse(value: impl Into<String>) -> Result<Self, Invalid> {
         let value = value.into();
-        if value.is_empty() || value.len() > Self::MAX_LEN {
+        let length = value.chars().count();
+        if length == 0 || length > Self::MAX_LEN {
             return Err(Invalid(format!(
                 "course_id must be 1 to {} characters long",
                 Self::MAX_LEN
             )));
         }
+        // Every allowed character is one byte: past this, the length in
+        // characters is the length in bytes (the columns' and keys' measure).
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
         if !value.chars().all(allowed) {
             return Err(Invalid(
@@ -249,6 +252,10 @@ mod tests {
         for bad in ["", " CS101", "CS 101", "课程", "a/b", &"x".repeat(65)] {
             assert!(CourseId::parse(bad).is_err(), "{bad:?} parsed");
         }
+        // 64 characters, one of them not allowed (and two bytes): the
+        // message names the character, not the length.
+        let err = CourseId::parse(format!("{}é", "x".repeat(63))).unwrap_err();
+        assert!(err.0.contains("only letters"), "{}", err.0);
     }
 
     #[test]
