@@ -315,11 +315,14 @@ async fn two_aggregators_in_one_group_with_one_killed_count_everything_once() {
                 Duration::from_secs(60),
                 "the victim to own partitions",
                 || async {
-                    let ready: serde_json::Value =
-                        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-                            .await?
-                            .json()
-                            .await?;
+                    // Not listening yet is not a failure: the process may
+                    // still be starting (slowly, on a busy machine).
+                    let Ok(response) =
+                        reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+                    else {
+                        return Ok(None);
+                    };
+                    let ready: serde_json::Value = response.json().await?;
                     let assigned = ready["checks"]["kafka"]["assigned_partitions"].as_i64();
                     Ok(assigned.filter(|n| *n > 0))
                 },
