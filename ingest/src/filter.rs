@@ -1,17 +1,22 @@
 //! The sensitive-word filter: Aho-Corasick (every match, overlapping) over a
 //! UTF-8 word list, on a normalised copy of the comment.
 //!
-//! Normalisation folds full-width forms to half-width and Latin letters to
-//! lower case, and skips symbols and spaces, so `Ｆ.U-c k` and `傻*逼` are found.
-//! Each normalised character remembers where it came from, so a match masks
-//! the original span. Latin words match only as whole words (`class` does not
-//! contain `ass`), and across spaces only when they are spelt out one
-//! letter at a time (`f u c k`, not `who re` for `whore`); CJK words match
-//! anywhere, since Chinese has no spaces. Every match is weighed, so a longer
-//! word refused (`fucking` in `fuck in general`) does not hide a shorter one.
+//! Normalisation folds each character on its own: compatibility forms to
+//! their plain letter (NFKC: full-width `Ｆ`, bold `𝐟`, circled `ⓕ`, long `ſ`),
+//! then look-alike letters of other alphabets to the Latin letter they pass
+//! for (Cyrillic `с`, Greek `ο`, dotless `ı`, small capital `ᴋ`), then Latin
+//! letters to lower case; it skips symbols and spaces, so `Ｆ.U-c k`,
+//! `𝐟𝐮с𝐤` and `傻*逼` are found. Each normalised character remembers where it
+//! came from, so a match masks the original span. Latin words match only as
+//! whole words (`class` does not contain `ass`, nor `retardé` `retard`), and
+//! across spaces only when they are spelt out one letter at a time
+//! (`f u c k`, not `who re` for `whore`); CJK words match anywhere, since
+//! Chinese has no spaces. Every match is weighed, so a longer word refused
+//! (`fucking` in `fuck in general`) does not hide a shorter one.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use anyhow::Context;
+use unicode_normalization::UnicodeNormalization;
 
 /// What to do with a comment that contains a sensitive word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +61,26 @@ impl SensitiveFilter {
     }
 
     pub fn from_words<'a>(lines: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
-        let words: Vec<String> = lines
+        let (mut words, mut latin) = (Vec::new(), Vec::new());
+        for word in lines
             .into_iter()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|w| w.chars().filter_map(normalise).collect::<String>())
-            .filter(|w| !w.is_empty())
-            .collect();
-        let latin = words
-            .iter()
-            .map(|w| w.chars().all(|c| c.is_ascii_alphanumeric()))
-            .collect();
+        {
+            let normalised: String = word.chars().filter_map(normalise).collect();
+            if normalised.is_empty() {
+                continue;
+            }
+            // Written in Latin letters (`fuck`, `ＦＵＣＫ`), not merely folding to
+            // them: a Cyrillic `сука` (`cyka`) still matches anywhere, as before.
+            latin.push(
+                normalised.is_ascii()
+                    && word
+                        .chars()
+                        .all(|c| !c.is_alphanumeric() || compatible(c).is_ascii()),
+            );
+            words.push(normalised);
+        }
         let matcher = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
             .build(&words)
@@ -111,9 +125,18 @@ impl SensitiveFilter {
     }
 }
 
-/// A Latin match must not continue a longer Latin word on either side.
+/// A Latin match must not continue a longer word on either side: Latin
+/// letters and digits as folded (`𝐜𝐥𝐚𝐬𝐬` has no `ass`), or letters of the
+/// alphabets that folding turns into Latin or that Latin words are written
+/// with: accented Latin (`retardé` is French), Greek and Cyrillic (a Cyrillic
+/// word with a run that folds to a listed one). Not CJK, which runs into Latin
+/// words without a space (`他说fuck了` is a match).
 fn is_whole_word(original: &[char], first: usize, last: usize) -> bool {
-    let letter = |c: &char| fold_width(*c).is_ascii_alphanumeric();
+    let letter = |c: &char| {
+        fold(*c).is_ascii_alphanumeric()
+            || (c.is_alphanumeric()
+                && matches!(c, '\u{00C0}'..='\u{052F}' | '\u{1E00}'..='\u{1FFF}'))
+    };
     let before = first
         .checked_sub(1)
         .and_then(|i| original.get(i))
@@ -129,30 +152,87 @@ fn is_whole_word(original: &[char], first: usize, last: usize) -> bool {
 fn is_spelt_as_a_word(span: &[char]) -> bool {
     let letters = |piece: &[char]| piece.iter().filter(|c| normalise(**c).is_some()).count();
     let pieces: Vec<usize> = span
-        .split(|c| fold_width(*c).is_whitespace())
+        .split(|c| c.is_whitespace())
         .map(letters)
         .filter(|n| *n > 0)
         .collect();
     pieces.len() <= 1 || pieces.iter().all(|n| *n == 1)
 }
 
-/// Full-width ASCII forms (U+FF01 to U+FF5E) and the ideographic space to half-width.
-fn fold_width(c: char) -> char {
-    match c {
-        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-        '\u{3000}' => ' ',
+/// The character as matching sees it, or `None` for separators (spaces,
+/// punctuation, symbols) that are skipped.
+fn normalise(c: char) -> Option<char> {
+    let c = fold(c);
+    c.is_alphanumeric().then_some(c)
+}
+
+/// One character folded: its compatibility form, the Latin letter it passes
+/// for, Latin in lower case. One character in, one out, so that each
+/// normalised character has one original.
+fn fold(c: char) -> char {
+    look_alike(compatible(c)).to_ascii_lowercase()
+}
+
+/// The NFKC form of `c` where that is one character: full-width `Ｆ` and the
+/// ideographic space, mathematical `𝐟 𝔣 𝕗 𝚏`, circled `ⓕ`, squared `🄵`,
+/// super- and subscript `ᶠ`, long `ſ`, Roman numeral `ⅰ`. Otherwise `c`
+/// itself: ligatures (`ﬆ` → `st`) and parenthesized letters (`⒡` → `(f)`)
+/// stay as they are (see `look_alike` for the latter). NFKC leaves CJK
+/// ideographs alone; it only maps compatibility ideographs and Kangxi
+/// radicals to the one ideograph they stand for.
+fn compatible(c: char) -> char {
+    if c.is_ascii() {
+        return c;
+    }
+    let mut nfkc = std::iter::once(c).nfkc();
+    match (nfkc.next(), nfkc.next()) {
+        (Some(one), None) => one,
         _ => c,
     }
 }
 
-/// The character as matching sees it, or `None` for separators (spaces,
-/// punctuation, symbols) that are skipped.
-fn normalise(c: char) -> Option<char> {
-    let c = fold_width(c);
-    if c.is_alphanumeric() {
-        Some(c.to_ascii_lowercase())
-    } else {
-        None
+/// The Latin letter that `c` passes for, among the common look-alikes NFKC
+/// leaves alone; any other character is itself. Each line lists Cyrillic,
+/// then Greek, then other Latin letters (IPA, dotless and dotted i, small
+/// capitals). Only letters that look Latin in ordinary fonts: Cyrillic
+/// lower-case в к м н т are small capitals B K M H T; Greek lower-case ν and
+/// υ are v and u, but upper-case Ν and Υ are N and Y, and η (an n) and ω
+/// (a w) are left out. No CJK character is folded here.
+fn look_alike(c: char) -> char {
+    let enclosed = |a: u32| char::from(b'a' + (c as u32 - a) as u8);
+    match c {
+        'а' | 'А' | 'α' | 'Α' | 'ɑ' | 'ᴀ' => 'a',
+        'в' | 'В' | 'Β' | 'ʙ' => 'b',
+        'с' | 'С' | 'ᴄ' => 'c',
+        'ԁ' | 'ᴅ' => 'd',
+        'е' | 'Е' | 'Ε' | 'ᴇ' => 'e',
+        'ꜰ' => 'f',
+        'ɡ' | 'ɢ' => 'g',
+        'н' | 'Н' | 'һ' | 'Һ' | 'Η' | 'ʜ' => 'h',
+        'і' | 'І' | 'ι' | 'Ι' | 'ı' | 'İ' | 'ɪ' => 'i',
+        'ј' | 'Ј' | 'ᴊ' => 'j',
+        'к' | 'К' | 'κ' | 'Κ' | 'ᴋ' => 'k',
+        'ʟ' => 'l',
+        'м' | 'М' | 'Μ' | 'ᴍ' => 'm',
+        'Ν' | 'ɴ' => 'n',
+        'о' | 'О' | 'ο' | 'Ο' | 'ᴏ' => 'o',
+        'р' | 'Р' | 'ρ' | 'Ρ' | 'ᴘ' => 'p',
+        'ԛ' | 'Ԛ' => 'q',
+        'ʀ' => 'r',
+        'ѕ' | 'Ѕ' | 'ꜱ' => 's',
+        'т' | 'Т' | 'τ' | 'Τ' | 'ᴛ' => 't',
+        'υ' | 'ᴜ' => 'u',
+        'ν' | 'ᴠ' => 'v',
+        'ԝ' | 'Ԝ' | 'ᴡ' => 'w',
+        'х' | 'Х' | 'χ' | 'Χ' => 'x',
+        'у' | 'У' | 'Υ' | 'ʏ' => 'y',
+        'Ζ' | 'ᴢ' => 'z',
+        // Parenthesized `⒡` (NFKC: three characters), negative circled `🅕`
+        // and negative squared `🅵` letters.
+        '\u{249C}'..='\u{24B5}' => enclosed(0x249C),
+        '\u{1F150}'..='\u{1F169}' => enclosed(0x1F150),
+        '\u{1F170}'..='\u{1F189}' => enclosed(0x1F170),
+        _ => c,
     }
 }
 
@@ -282,6 +362,105 @@ mod tests {
             filter.check("fuck in general"),
             Filtered::Masked(_)
         ));
+    }
+
+    #[test]
+    fn compatibility_forms_are_folded() {
+        let filter = SensitiveFilter::from_words(["fuck", "shit"]).unwrap();
+        let masked = |text: &str| match filter.check(text) {
+            Filtered::Masked(m) => m,
+            Filtered::Clean => text.to_owned(),
+        };
+        // Mathematical bold, fraktur and monospace letters, as fancy-text sites make them.
+        assert_eq!(masked("you 𝐟𝐮𝐜𝐤 up"), "you **** up");
+        assert_eq!(masked("𝔉𝔲𝔠𝔨 and 𝚜𝚑𝚒𝚝"), "**** and ****");
+        // Circled and squared letters.
+        assert_eq!(masked("ⓕⓤⓒⓚ this"), "**** this");
+        assert_eq!(masked("Ⓢⓗⓘⓣ!"), "****!");
+        assert_eq!(masked("🄵🅄🄲🄺 it"), "**** it");
+        // Long s, and a small Roman numeral one for i.
+        assert_eq!(masked("ſhit happens"), "**** happens");
+        assert_eq!(masked("sh\u{2170}t"), "****");
+        // Spread out with spaces, one letter at a time.
+        assert_eq!(masked("𝐟 𝐮 𝐜 𝐤"), "* * * *");
+    }
+
+    #[test]
+    fn look_alike_letters_from_other_scripts_are_folded() {
+        let filter = SensitiveFilter::from_words(["fuck", "shit", "whore", "bitch"]).unwrap();
+        let masked = |text: &str| match filter.check(text) {
+            Filtered::Masked(m) => m,
+            Filtered::Clean => text.to_owned(),
+        };
+        // Dotless i.
+        assert_eq!(masked("shıt."), "****.");
+        // Cyrillic с in fuck, Cyrillic о in whore, and upper-case forms.
+        assert_eq!(masked("fu\u{0441}k off"), "**** off");
+        assert_eq!(masked("you wh\u{043E}re"), "you *****");
+        assert_eq!(masked("FU\u{0421}K"), "****");
+        assert_eq!(masked("\u{0455}\u{04BB}\u{0456}\u{0442}"), "****");
+        // Greek: upper-case Β Ι Τ Η pass for B I T H.
+        assert_eq!(masked("\u{0392}\u{0399}\u{03A4}C\u{0397}"), "*****");
+        // Small capitals and enclosed letters that NFKC leaves alone or expands.
+        assert_eq!(masked("ꜰᴜᴄᴋ"), "****");
+        assert_eq!(masked("🅵🆄🅲🅺 and 🅕🅤🅒🅚"), "**** and ****");
+        assert_eq!(masked("⒡⒰⒞⒦"), "****");
+    }
+
+    #[test]
+    fn folded_letters_keep_the_whole_word_rules() {
+        // Folded neighbours are letters too: no `ass` in a bold `class`.
+        for innocent in ["𝐜𝐥𝐚𝐬𝐬", "ⓐⓢⓢⓘⓖⓝⓜⓔⓝⓣ", "p\u{0430}ss hıt", "a ᴄʟᴀꜱꜱɪᴄ"]
+        {
+            assert_eq!(filter().check(innocent), Filtered::Clean, "{innocent}");
+        }
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sensitive-words.txt");
+        let filter = SensitiveFilter::from_file(&path).unwrap();
+        for innocent in [
+            "𝐒𝐜𝐮𝐧𝐭𝐡𝐨𝐫𝐩𝐞",
+            "the TA wh\u{043E} re-graded it",
+            "it's hıt or miss",
+            // Accented letters are part of the word: French `retardé` is `delayed`.
+            "Le cours a été retardé d'une semaine.",
+        ] {
+            assert_eq!(filter.check(innocent), Filtered::Clean, "{innocent}");
+        }
+        // A Cyrillic letter that is not folded still belongs to the word: with
+        // `hoe` or `tit` on a list, Russian `сложное` (`…hoe` folded) and
+        // Ukrainian `тітчина` (an aunt's) are not matches.
+        let filter = SensitiveFilter::from_words(["hoe", "tit"]).unwrap();
+        for innocent in ["задание сложное", "тітчина хата"] {
+            assert_eq!(filter.check(innocent), Filtered::Clean, "{innocent}");
+        }
+        assert!(matches!(filter.check("т\u{0456}т"), Filtered::Masked(_)));
+        // CJK is not a letter of the word: English inside Chinese still matches.
+        assert_eq!(masked("他说fuck了"), "他说****了");
+        assert_eq!(masked("他说𝐟𝐮𝐜𝐤了"), "他说****了");
+        // A Cyrillic word on a list folds too, but matches anywhere, as before.
+        let filter = SensitiveFilter::from_words(["сука"]).unwrap();
+        assert_eq!(filter.check("сукам"), Filtered::Masked("****м".into()));
+        assert_eq!(filter.check("СУКА"), Filtered::Masked("****".into()));
+    }
+
+    #[test]
+    fn ordinary_russian_and_greek_are_left_alone() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sensitive-words.txt");
+        let shipped = SensitiveFilter::from_file(&path).unwrap();
+        // Full of letters that fold to Latin ones (х о р е с т у а, ο α ρ τ υ χ,
+        // Ι Κ Α Ρ Χ Ε), but spelling no listed word: most of those need a
+        // letter with no look-alike in Russian or Greek (f l r s w).
+        for clean in [
+            "Хорошо, спасибо! Всё было понятно, курс отличный.",
+            "ХОРОШО. Преподаватель объяснял очень хорошо, а сессия прошла спокойно.",
+            "Дякую, все зрозуміло: тітка теж слухала курс.",
+            "Ευχαριστώ πολύ, το μάθημα ήταν εξαιρετικό.",
+            "Ο καθηγητής εξηγεί καθαρά και τα ΑΡΧΕΙΑ ΚΑΙ ΒΙΒΛΙΑ είναι χρήσιμα.",
+        ] {
+            assert_eq!(shipped.check(clean), Filtered::Clean, "{clean}");
+            assert_eq!(filter().check(clean), Filtered::Clean, "{clean}");
+        }
     }
 
     #[test]
