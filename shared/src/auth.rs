@@ -157,6 +157,16 @@ mod tests {
         headers
     }
 
+    /// `claims` signed with the tests' secret, HS256.
+    fn signed(claims: &impl Serialize) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
     fn status(result: Result<Claims, ApiError>) -> StatusCode {
         result.map(|_| StatusCode::OK).unwrap_or_else(|e| e.status)
     }
@@ -228,12 +238,7 @@ mod tests {
         let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
         let claims =
             serde_json::json!({"sub": "a", "role": "admin", "exp": now + 60, "aud": "sso"});
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let token = signed(&claims);
         assert_eq!(
             status(keys.authorize(&bearer(&token), Role::Admin)),
             StatusCode::OK
@@ -247,12 +252,7 @@ mod tests {
         let with_nbf = |nbf: u64| {
             let claims =
                 serde_json::json!({"sub": "a", "role": "admin", "exp": now + 7200, "nbf": nbf});
-            let token = jsonwebtoken::encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(SECRET),
-            )
-            .unwrap();
+            let token = signed(&claims);
             status(keys.authorize(&bearer(&token), Role::Admin))
         };
         assert_eq!(with_nbf(now + 3600), StatusCode::UNAUTHORIZED);
@@ -268,36 +268,21 @@ mod tests {
             role: Role::Student,
             exp: now - 120,
         };
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &expired,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let token = signed(&expired);
         assert_eq!(
             status(keys.authorize(&bearer(&token), Role::Student)),
             StatusCode::UNAUTHORIZED
         );
 
         let no_exp = serde_json::json!({"sub": "a", "role": "student"});
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &no_exp,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let token = signed(&no_exp);
         assert_eq!(
             status(keys.authorize(&bearer(&token), Role::Student)),
             StatusCode::UNAUTHORIZED
         );
 
         let empty_sub = serde_json::json!({"sub": " ", "role": "student", "exp": now + 60});
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &empty_sub,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let token = signed(&empty_sub);
         assert_eq!(
             status(keys.authorize(&bearer(&token), Role::Student)),
             StatusCode::UNAUTHORIZED
@@ -312,12 +297,7 @@ mod tests {
             (serde_json::json!(7), StatusCode::UNAUTHORIZED),
         ] {
             let claims = serde_json::json!({"sub": "a", "role": role, "exp": now + 60});
-            let token = jsonwebtoken::encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(SECRET),
-            )
-            .unwrap();
+            let token = signed(&claims);
             assert_eq!(
                 status(keys.authorize(&bearer(&token), Role::Student)),
                 expected,
@@ -325,12 +305,7 @@ mod tests {
             );
         }
         let no_role = serde_json::json!({"sub": "a", "exp": now + 60});
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &no_role,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let token = signed(&no_role);
         assert_eq!(
             status(keys.authorize(&bearer(&token), Role::Student)),
             StatusCode::UNAUTHORIZED
