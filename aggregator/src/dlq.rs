@@ -18,6 +18,25 @@ use rdkafka::util::Timeout;
 pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;
 pub const MAX_DLQ_KEY: usize = 4 * 1024;
 
+/// The longest reason a dead letter (and its log line) carries.
+pub const MAX_REASON: usize = 1024;
+
+/// Why `err` made a message poison, cut to [`MAX_REASON`] bytes: decode
+/// errors quote what they were given (an unknown field's name, a wrong
+/// value), which a crafted message can make a megabyte long.
+pub fn reason(err: &impl std::fmt::Display) -> String {
+    let mut reason = err.to_string();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON - "…".len();
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
@@ -115,5 +134,21 @@ impl DeadLetters {
             "poison message could not be dead-lettered; skipped"
         );
         metrics::counter!("aggregator_dlq_failed_total").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(reason(&"short"), "short");
+        for long in ["x".repeat(5000), "课".repeat(2000)] {
+            let cut = reason(&long);
+            assert!(cut.len() <= MAX_REASON, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(long.starts_with(cut.trim_end_matches('…')));
+        }
     }
 }

@@ -385,7 +385,7 @@ async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
                 offset: message.offset(),
                 key: message.key().map(<[u8]>::to_vec),
                 payload: payload.to_vec(),
-                reason: err.to_string(),
+                reason: crate::dlq::reason(&err),
             }),
         }
     }

@@ -516,6 +516,10 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     // fit (it was skipped); it goes cut, saying so.
     let huge = vec![b'x'; 1_040_000];
     messages.push((key.clone(), huge.clone()));
+    // Valid JSON with a field the schema does not know, named with 600,000
+    // characters: the decoder's reason quotes the name.
+    let long_name = format!("{{\"{}\":1}}", "y".repeat(600_000)).into_bytes();
+    messages.push((key.clone(), long_name));
     messages.extend(good[10..].iter().map(|e| (key.clone(), e.to_json())));
     produce_raw(&scenario.topic, &messages).await;
 
@@ -527,15 +531,16 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     .await;
     let dead = feedback_tests::consume(
         &shared::kafka::dlq_topic(&scenario.topic),
-        5,
+        6,
         Duration::from_secs(30),
     )
     .await
     .unwrap();
     let payloads: Vec<Vec<u8>> = dead.iter().map(|m| m.payload.clone()).collect();
-    let mut sent: Vec<Vec<u8>> = messages[10..15].iter().map(|(_, p)| p.clone()).collect();
+    let mut sent: Vec<Vec<u8>> = messages[10..16].iter().map(|(_, p)| p.clone()).collect();
     sent[4].truncate(aggregator::dlq::MAX_DLQ_PAYLOAD);
-    assert_eq!(payloads.len(), 5);
+    sent[5].truncate(aggregator::dlq::MAX_DLQ_PAYLOAD);
+    assert_eq!(payloads.len(), 6);
     assert!(
         payloads == sent,
         "the dead letters are the poison, in order"
@@ -544,7 +549,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
         dead.iter().all(|m| m.key == key),
         "the key travels with the poison"
     );
-    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic), 5).await;
+    let reasons = dlq_reasons(&shared::kafka::dlq_topic(&scenario.topic), 6).await;
     assert!(reasons[0].contains("not a JSON event"), "{reasons:?}");
     assert!(reasons[1].contains("rating"), "{reasons:?}");
     assert!(
@@ -553,6 +558,12 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     );
     assert!(reasons[3].contains("submitted_at"), "{reasons:?}");
     assert!(reasons[4].contains("not a JSON event"), "{reasons:?}");
+    assert!(
+        reasons[5].contains("unknown field"),
+        "{}",
+        &reasons[5][..80]
+    );
+    assert!(reasons[5].len() <= aggregator::dlq::MAX_REASON);
     let truncated = dlq_header(
         &shared::kafka::dlq_topic(&scenario.topic),
         4,
@@ -564,7 +575,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
         Some("payload 1040000 bytes, key 5 bytes")
     );
     let metrics = aggregator.metrics().await;
-    assert!(metric(&metrics, "aggregator_dlq_total") >= 5.0);
+    assert!(metric(&metrics, "aggregator_dlq_total") >= 6.0);
     assert_eq!(metric(&metrics, "aggregator_dlq_failed_total"), 0.0);
     aggregator.shutdown().await;
 }
