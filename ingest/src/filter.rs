@@ -125,17 +125,26 @@ impl SensitiveFilter {
     }
 }
 
-/// A Latin match must not continue a longer word on either side: Latin
-/// letters and digits as folded (`𝐜𝐥𝐚𝐬𝐬` has no `ass`), or letters of the
-/// alphabets that folding turns into Latin or that Latin words are written
-/// with: accented Latin (`retardé` is French), Greek and Cyrillic (a Cyrillic
-/// word with a run that folds to a listed one). Not CJK, which runs into Latin
-/// words without a space (`他说fuck了` is a match).
+/// A Latin match must not continue a longer word on either side. The
+/// word's letters are Latin letters and digits as folded (`𝐜𝐥𝐚𝐬𝐬` has no
+/// `ass`) and accented Latin ones (`retardé` is French, so `fucké` passes
+/// too: the price of not masking French, German or Vietnamese words). Greek
+/// and Cyrillic letters count only around a match without a plain Latin
+/// letter of its own (`сложное`, `…hoe` folded, is one Russian word), so
+/// `fuckя` and `fuсkя` (a Cyrillic `с` inside) are still matches. CJK never counts, since Chinese runs into Latin words without a
+/// space (`他说fuck了` is a match).
 fn is_whole_word(original: &[char], first: usize, last: usize) -> bool {
+    let greek_or_cyrillic =
+        |c: &char| matches!(c, '\u{0370}'..='\u{052F}' | '\u{1F00}'..='\u{1FFF}');
+    let accented_latin = |c: &char| matches!(c, '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}');
+    // Written wholly in those alphabets: no Latin letter of its own.
+    let foreign_match = !original[first..=last]
+        .iter()
+        .any(|c| c.is_ascii_alphanumeric());
     let letter = |c: &char| {
         fold(*c).is_ascii_alphanumeric()
             || (c.is_alphanumeric()
-                && matches!(c, '\u{00C0}'..='\u{052F}' | '\u{1E00}'..='\u{1FFF}'))
+                && (accented_latin(c) || (foreign_match && greek_or_cyrillic(c))))
     };
     let before = first
         .checked_sub(1)
@@ -434,6 +443,10 @@ mod tests {
             assert_eq!(filter.check(innocent), Filtered::Clean, "{innocent}");
         }
         assert!(matches!(filter.check("т\u{0456}т"), Filtered::Masked(_)));
+        // But a Latin word does not hide behind a Greek or Cyrillic letter.
+        for glued in ["fuckя", "яfuck", "shitλ", "fu\u{0441}kя"] {
+            assert!(masked(glued).contains('*'), "{glued} passed");
+        }
         // CJK is not a letter of the word: English inside Chinese still matches.
         assert_eq!(masked("他说fuck了"), "他说****了");
         assert_eq!(masked("他说𝐟𝐮𝐜𝐤了"), "他说****了");
