@@ -1,11 +1,14 @@
 //! `POST /v1/feedback`: a student's rating and comment, from the request to
 //! Kafka or the spool.
 //!
-//! Order of checks: the client IP's rate limit, the token (401/403), the
-//! student's rate limit, content type (415), body size (413, refused from
-//! `Content-Length` before reading), JSON (400), fields (400 wrong type, 422
-//! missing or out of range), the sensitive-word policy (422 or masked), then
-//! the idempotency key, then delivery.
+//! Order of checks: the token (401/403), the idempotency key's shape (400)
+//! and an answer already given under it (replayed, uncounted), the client
+//! IP's rate limit, the student's rate limit, content type (415), body size
+//! (413, refused from `Content-Length` before reading) and arrival (408),
+//! JSON (400), fields (400 wrong type, 422 missing or out of range), the
+//! sensitive-word policy (422 or masked), then the idempotency key's
+//! reservation, then delivery. A request without a valid token is answered
+//! 401 before the rate limits count it: a token costs microseconds to check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
