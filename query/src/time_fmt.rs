@@ -4,8 +4,8 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
 /// Microseconds since the epoch as RFC 3339 UTC: whole seconds without a
-/// fraction, others with all six digits (`.500000`, not `.5`, so that times
-/// of one second line up and sort as text).
+/// fraction, others with all six digits (`.500000`, not `.5`, so that the
+/// fractions of one second line up).
 pub fn rfc3339(micros: i64) -> String {
     let at = shared::db::from_micros(micros);
     if micros.rem_euclid(1_000_000) == 0 {

@@ -33,7 +33,6 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Installs the recorder and runs its upkeep (histogram rotation) every few seconds.
 /// Shows each counter on `/metrics` from the start, at 0, rather than only
 /// after its first increment: a query or an alert on a counter that is not
 /// there yet sees no data, not zero. Each entry is a name and its labels.
@@ -47,6 +46,7 @@ pub fn show_counters(counters: &[(&'static str, &[(&'static str, &'static str)])
     }
 }
 
+/// Installs the recorder and runs its upkeep (histogram rotation) every few seconds.
 pub fn install() -> PrometheusHandle {
     let handle = handle();
     let upkeep = handle.clone();

@@ -58,7 +58,10 @@ pub async fn serve(
                     // fine, so wait a moment rather than spin or give up.
                     if !is_connection_error(&err) {
                         tracing::error!(%err, "accept failed; trying again in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = &mut shutdown => break,
+                        }
                     }
                     continue;
                 }
