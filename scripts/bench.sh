@@ -16,7 +16,8 @@
 # (100000 events prefilled for the aggregator), BENCH_FRESH_RATE (5000/s),
 # BENCH_FRESH_SECONDS (10), BENCH_FRESH_COURSES (50).
 #
-# It runs its own ingest, aggregator and query from target/release on
+# It runs its own ingest, aggregator and query from target/release (or
+# $CARGO_TARGET_DIR/release) on
 # resources of its own (topics bench-<stamp>-*, database fbbench_<stamp>,
 # Redis db 253, a temp spool, ports from 18080), never the demo's (topic
 # feedback-events, database feedback, Redis db 0) or the tests'. It stops
@@ -68,7 +69,9 @@ REDIS_DB=253
 REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB
 LOGS=$ROOT/var/bench
 WORK=$(mktemp -d /tmp/feedback-bench.XXXXXX)
-BENCH=$ROOT/target/release/feedback-bench
+# Where cargo puts the binaries (CARGO_TARGET_DIR, when set, moves them).
+RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BENCH=$RELEASE/feedback-bench
 # 48 random characters: the services refuse secrets under 32 bytes.
 SECRET=$(head -c 64 /dev/urandom | base64 | tr -d '\n/+=' | head -c 48)
 export FEEDBACK_KAFKA_BROKERS=127.0.0.1:9092 RUST_LOG=${RUST_LOG:-info}
@@ -135,11 +138,11 @@ free_port() {
   echo "$port"
 }
 
-# start NAME LOGNAME ENV...: runs target/release/NAME with ENV, remembers its pid in PID_<LOGNAME>.
+# start NAME LOGNAME ENV...: runs $RELEASE/NAME with ENV, remembers its pid in PID_<LOGNAME>.
 start() {
   local name=$1 log=$2
   shift 2
-  env "$@" "target/release/$name" >"$LOGS/$log.log" 2>&1 </dev/null &
+  env "$@" "$RELEASE/$name" >"$LOGS/$log.log" 2>&1 </dev/null &
   PIDS+=($!)
   printf -v "PID_$log" '%s' $!
 }

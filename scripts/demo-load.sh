@@ -21,8 +21,9 @@ if [[ -z ${FEEDBACK_JWT_SECRET:-} ]]; then
   export FEEDBACK_JWT_SECRET
   FEEDBACK_JWT_SECRET=$(cat var/demo/jwt-secret)
 fi
-BIN=target/release/ingest
-[[ -x $BIN ]] || BIN=target/debug/ingest
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/release/ingest
+[[ -x $BIN ]] || BIN=$TARGET/debug/ingest
 [[ -x $BIN ]] || { say "build the services first (scripts/demo.sh does)"; exit 1; }
 
 COURSES=(CS101 CS102 MATH201 PHYS110 HIST210 ECON101 CHEM105 ART150)

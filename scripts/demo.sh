@@ -6,6 +6,8 @@
 #   scripts/demo.sh stop     stop the three services (the stack stays up)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Where cargo puts the binaries (CARGO_TARGET_DIR, when set, moves them).
+RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
 cd "$ROOT"
 DEMO=$ROOT/var/demo
 SERVICES=(ingest aggregator query)
@@ -58,7 +60,7 @@ export FEEDBACK_SENSITIVE_WORDS_FILE=${FEEDBACK_SENSITIVE_WORDS_FILE:-$ROOT/conf
 
 for svc in "${SERVICES[@]}"; do
   say "starting $svc (log: var/demo/$svc.log)"
-  setsid nohup "target/release/$svc" >"$DEMO/$svc.log" 2>&1 </dev/null &
+  setsid nohup "$RELEASE/$svc" >"$DEMO/$svc.log" 2>&1 </dev/null &
   echo $! >"$DEMO/$svc.pid"
 done
 
@@ -78,9 +80,9 @@ wait_ready ingest http://127.0.0.1:8080/healthz
 wait_ready aggregator http://127.0.0.1:8081/healthz
 wait_ready query http://127.0.0.1:8082/healthz
 
-if [[ -x target/release/ingest ]] && target/release/ingest --help 2>/dev/null | grep -q mint-token; then
-  STUDENT_TOKEN=$(target/release/ingest mint-token --sub demo-student --role student --ttl-hours 24)
-  ADMIN_TOKEN=$(target/release/ingest mint-token --sub demo-admin --role admin --ttl-hours 24)
+if [[ -x $RELEASE/ingest ]] && "$RELEASE/ingest" --help 2>/dev/null | grep -q mint-token; then
+  STUDENT_TOKEN=$("$RELEASE/ingest" mint-token --sub demo-student --role student --ttl-hours 24)
+  ADMIN_TOKEN=$("$RELEASE/ingest" mint-token --sub demo-admin --role admin --ttl-hours 24)
 fi
 if [[ -x scripts/demo-load.sh ]]; then scripts/demo-load.sh; fi
 
@@ -97,5 +99,9 @@ if [[ -n ${STUDENT_TOKEN:-} ]]; then
   cat <<INFO
   student token     $STUDENT_TOKEN
   admin token       $ADMIN_TOKEN
+
+For the README's curl examples, in your shell:
+  export STUDENT_TOKEN=$STUDENT_TOKEN
+  export ADMIN_TOKEN=$ADMIN_TOKEN
 INFO
 fi

@@ -144,6 +144,8 @@ install_packages() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v ss >/dev/null || missing+=(iproute2)
   command -v curl >/dev/null || missing+=(curl)
+  # cargo builds librdkafka from source (rdkafka-sys: ./configure, make, a C compiler).
+  { command -v cc && command -v make; } >/dev/null || missing+=(build-essential)
   # scripts/test.sh makes a venv for its schema checks: Debian's python3 needs python3-venv.
   if ! command -v python3 >/dev/null; then
     missing+=(python3 python3-venv)
