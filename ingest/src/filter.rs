@@ -263,11 +263,16 @@ mod tests {
         .unwrap()
     }
 
-    fn masked(text: &str) -> String {
-        match filter().check(text) {
+    /// `text` as `filter` leaves it: masked, or unchanged when clean.
+    fn masked_by(filter: &SensitiveFilter, text: &str) -> String {
+        match filter.check(text) {
             Filtered::Masked(m) => m,
             Filtered::Clean => text.to_owned(),
         }
+    }
+
+    fn masked(text: &str) -> String {
+        masked_by(&filter(), text)
     }
 
     #[test]
@@ -335,10 +340,7 @@ mod tests {
             );
         }
         // A longer word refused does not hide the shorter one inside it.
-        let masked = |text: &str| match filter.check(text) {
-            Filtered::Masked(m) => m,
-            Filtered::Clean => text.to_owned(),
-        };
+        let masked = |text: &str| masked_by(&filter, text);
         assert_eq!(masked("fuck in general"), "**** in general");
         assert_eq!(masked("fuck erase"), "**** erase");
         assert_eq!(masked("f.u.c.k.i.n.g."), "*************.");
@@ -376,10 +378,7 @@ mod tests {
     #[test]
     fn compatibility_forms_are_folded() {
         let filter = SensitiveFilter::from_words(["fuck", "shit"]).unwrap();
-        let masked = |text: &str| match filter.check(text) {
-            Filtered::Masked(m) => m,
-            Filtered::Clean => text.to_owned(),
-        };
+        let masked = |text: &str| masked_by(&filter, text);
         // Mathematical bold, fraktur and monospace letters, as fancy-text sites make them.
         assert_eq!(masked("you 𝐟𝐮𝐜𝐤 up"), "you **** up");
         assert_eq!(masked("𝔉𝔲𝔠𝔨 and 𝚜𝚑𝚒𝚝"), "**** and ****");
@@ -397,10 +396,7 @@ mod tests {
     #[test]
     fn look_alike_letters_from_other_scripts_are_folded() {
         let filter = SensitiveFilter::from_words(["fuck", "shit", "whore", "bitch"]).unwrap();
-        let masked = |text: &str| match filter.check(text) {
-            Filtered::Masked(m) => m,
-            Filtered::Clean => text.to_owned(),
-        };
+        let masked = |text: &str| masked_by(&filter, text);
         // Dotless i.
         assert_eq!(masked("shıt."), "****.");
         // Cyrillic с in fuck, Cyrillic о in whore, and upper-case forms.
