@@ -219,6 +219,18 @@ cpu_report() {
   echo "${out%, } of one core; machine $(calc "($busy1 - $busy0) / ($total1 - $total0) * 100" 0)% busy"
 }
 
+# cpu_seconds NAME: the CPU seconds NAME (one of cpu_start's NAME=PID) used since cpu_start.
+cpu_seconds() {
+  local who
+  for who in "${CPU_WHO[@]}"; do
+    if [[ ${who%%=*} == "$1" && -n ${who#*=} ]]; then
+      calc "($(ticks "${who#*=}") - ${CPU_AT[$who]}) / $(getconf CLK_TCK)" 3
+      return
+    fi
+  done
+  echo 0
+}
+
 readyz() { curl -s -m 2 "http://127.0.0.1:$INGEST_PORT/readyz" || true; }
 
 # post: one feedback submission; prints the HTTP status and the answer's status field.
@@ -352,14 +364,17 @@ bench_ingest() {
 }
 
 # ceiling_runs WHEN: plain INSERTs on one connection and on $LANES, into
-# $WORK/ceiling_WHEN_<connections>.out.
+# $WORK/ceiling_WHEN_<connections>.out, with MariaDB's CPU per row.
 ceiling_runs() {
   local c
   for c in 1 "$LANES"; do
+    cpu_start
     "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 --connections "$c" \
       >"$WORK/ceiling_$1_$c.out"
+    echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)" >>"$WORK/ceiling_$1_$c.out"
   done
-  say "  $(kv "$WORK/ceiling_$1_1.out" rate) rows/s on one connection, $(kv "$WORK/ceiling_$1_$LANES.out" rate) on $LANES"
+  say "  $(kv "$WORK/ceiling_$1_1.out" rate) rows/s on one connection, $(kv "$WORK/ceiling_$1_$LANES.out" rate) on $LANES;" \
+    "MariaDB CPU per row $(kv "$WORK/ceiling_$1_1.out" mariadb_us) and $(kv "$WORK/ceiling_$1_$LANES.out" mariadb_us) µs"
 }
 
 bench_aggregator() {
@@ -384,14 +399,17 @@ bench_aggregator() {
   say "  $(kv "$WORK/drain.out" rate) events/s over $(kv "$WORK/drain.out" seconds)s" \
     "(start-up and group join before it: $(kv "$WORK/drain.out" startup_seconds)s)"
   say "    cpu: $(cpu_report)"
+  echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)" >>"$WORK/drain.out"
+  say "    MariaDB CPU per event: $(kv "$WORK/drain.out" mariadb_us) µs"
   batch_steps "http://127.0.0.1:$AGG_PORT" >"$WORK/steps.out"
   say "  a batch's mean ms per step: $(steps_line "$WORK/steps.out")"
   say "aggregator ceiling again, right after the drain (the aggregator idle)"
   ceiling_runs after
   local c one many
   for c in 1 "$LANES"; do
-    echo "rate=$(calc "($(kv "$WORK/ceiling_before_$c.out" rate) + $(kv "$WORK/ceiling_after_$c.out" rate)) / 2" 0)" \
-      >"$WORK/ceiling_$c.out"
+    { echo "rate=$(calc "($(kv "$WORK/ceiling_before_$c.out" rate) + $(kv "$WORK/ceiling_after_$c.out" rate)) / 2" 0)"
+      echo "mariadb_us=$(calc "($(kv "$WORK/ceiling_before_$c.out" mariadb_us) + $(kv "$WORK/ceiling_after_$c.out" mariadb_us)) / 2" 1)"
+    } >"$WORK/ceiling_$c.out"
   done
   one=$(kv "$WORK/ceiling_1.out" rate) many=$(kv "$WORK/ceiling_$LANES.out" rate)
   echo "rate=$(calc "($one > $many) ? $one : $many" 0)" >"$WORK/ceiling.out"
@@ -485,6 +503,9 @@ ROWS=()
 # row MEASURE VALUE CEILING RATIO TARGET OK
 row() { ROWS+=("$1|$2|$3|$4|$5|$6"); }
 
+# times_of A B: "x<A/B>", or "-" when B is 0 (not measured).
+times_of() { [[ $(calc "$2 > 0" 0) == 1 ]] && echo "x$(calc "$1 / $2" 1)" || echo -; }
+
 # ratio_row MEASURE VALUE CEILING UNIT MIN: a rate against its ceiling, ok when value/ceiling >= MIN.
 ratio_row() {
   local ratio ok
@@ -546,6 +567,14 @@ table_aggregator() {
   ratio_row "aggregator events (vs MariaDB INSERTs)" "$(kv "$WORK/drain.out" rate)" "$(kv "$WORK/ceiling.out" rate)" "rows/s" 0.5
   row "  INSERTs on 1 and on $LANES connections" "$one; $many rows/s" - \
     "$(calc "$(kv "$WORK/drain.out" rate) / $one" 2); $(calc "$(kv "$WORK/drain.out" rate) / $many" 2)" - -
+  # MariaDB's own CPU per drained event beside its CPU per ceiling row. A
+  # ratio of 0.5 allows the drain twice a plain row's MariaDB work per event at
+  # most, and only with the cores to MariaDB alone as in the ceiling: the
+  # aggregator, Kafka and Redis run on them too.
+  local per_event=$(kv "$WORK/drain.out" mariadb_us) per_one=$(kv "$WORK/ceiling_1.out" mariadb_us)
+  local per_many=$(kv "$WORK/ceiling_$LANES.out" mariadb_us)
+  row "  MariaDB CPU per event; per INSERT row" "$per_event µs" "$per_one; $per_many µs" \
+    "$(times_of "$per_event" "$per_one"); $(times_of "$per_event" "$per_many")" - -
   # A one-connection ceiling batch is one INSERT and a commit, like the history
   # step. Redis is left out: a lane queues its deltas and goes on (one task
   # applies them).
