@@ -32,6 +32,8 @@ step "leftovers of earlier test runs"
 # Each test makes its own database; drop those of earlier runs (never the demo's `feedback`).
 mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'fbtest\\_%'" |
   while read -r db; do mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$db\`"; done
+# And their files: spools, private MariaDB data directories, logs (feedback_tests::temp_root).
+rm -rf "${TMPDIR:-/tmp}/feedback-tests"
 
 step "cargo fmt --check"
 cargo fmt --all --check

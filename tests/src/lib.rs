@@ -135,9 +135,19 @@ pub fn student(sub: &str) -> String {
     token(sub, shared::auth::Role::Student)
 }
 
-/// A fresh empty directory under the system temp dir.
+/// Where the tests keep their files (spools, private MariaDB data
+/// directories, the aggregator processes' logs): `feedback-tests` under the
+/// system temp dir. They stay after a run for a post-mortem, and
+/// `scripts/test.sh` empties the folder before the next one.
+pub fn temp_root() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("feedback-tests");
+    std::fs::create_dir_all(&dir).expect("creating the tests' temp dir");
+    dir
+}
+
+/// A fresh empty directory under [`temp_root`].
 pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(unique_name(prefix));
+    let dir = temp_root().join(unique_name(prefix));
     std::fs::create_dir_all(&dir).expect("creating a temp dir");
     dir
 }

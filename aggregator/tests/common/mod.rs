@@ -84,7 +84,7 @@ impl Scenario {
     pub fn spawn_process(&self) -> AggregatorProcess {
         let port = free_port();
         // Its log, kept for a post-mortem when a test fails.
-        let log = std::env::temp_dir().join(format!("{}-{port}.log", self.group));
+        let log = feedback_tests::temp_root().join(format!("{}-{port}.log", self.group));
         let file = std::fs::File::create(&log).expect("creating the aggregator's log");
         eprintln!("aggregator on port {port} logs to {}", log.display());
         let child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
