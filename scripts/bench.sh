@@ -567,10 +567,11 @@ table_aggregator() {
   ratio_row "aggregator events (vs MariaDB INSERTs)" "$(kv "$WORK/drain.out" rate)" "$(kv "$WORK/ceiling.out" rate)" "rows/s" 0.5
   row "  INSERTs on 1 and on $LANES connections" "$one; $many rows/s" - \
     "$(calc "$(kv "$WORK/drain.out" rate) / $one" 2); $(calc "$(kv "$WORK/drain.out" rate) / $many" 2)" - -
-  # MariaDB's own CPU per drained event beside its CPU per ceiling row. A
-  # ratio of 0.5 allows the drain twice a plain row's MariaDB work per event at
-  # most, and only with the cores to MariaDB alone as in the ceiling: the
-  # aggregator, Kafka and Redis run on them too.
+  # MariaDB's own CPU per drained event beside its CPU per ceiling row. Where
+  # the ceiling is bound by MariaDB's CPU (on $LANES connections here), a ratio
+  # of 0.5 allows the drain at most twice a plain row's MariaDB work per event,
+  # and only with the cores to MariaDB alone as in the ceiling: the aggregator,
+  # Kafka and Redis run on them too.
   local per_event=$(kv "$WORK/drain.out" mariadb_us) per_one=$(kv "$WORK/ceiling_1.out" mariadb_us)
   local per_many=$(kv "$WORK/ceiling_$LANES.out" mariadb_us)
   row "  MariaDB CPU per event; per INSERT row" "$per_event µs" "$per_one; $per_many µs" \
