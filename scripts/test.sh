@@ -34,6 +34,12 @@ mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.s
   while read -r db; do mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$db\`"; done
 # And their files: spools, private MariaDB data directories, logs (feedback_tests::temp_root).
 rm -rf "${TMPDIR:-/tmp}/feedback-tests"
+# And their topics (`fbtest-…` and their `.dlq`, never the demo's or the
+# bench's): thousands of partitions piled up and slowed every Kafka start.
+printf 'topics of earlier test runs: '
+cargo run -q -p feedback-tests --bin feedback-bench -- delete-topics --prefix fbtest- |
+  awk -F= '$1 == "deleted" { n++ } END { print n + 0 " deleted" }' ||
+  echo "could not delete them (each test makes its own topic anyway)"
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -107,10 +107,13 @@ enum Command {
         #[arg(long)]
         topic: String,
     },
-    /// Delete the bench's topics (missing ones are fine).
+    /// Delete the bench's topics (missing ones are fine), and with `--prefix`
+    /// every topic whose name starts with it (scripts/test.sh: `fbtest-`).
     DeleteTopics {
         #[arg(long, env = "FEEDBACK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
+        #[arg(long)]
+        prefix: Option<String>,
         topics: Vec<String>,
     },
 }
@@ -168,7 +171,11 @@ async fn main() -> anyhow::Result<()> {
             freshness(&brokers, &topic, &mysql_url, &redis_url, plan).await
         }
         Command::TopicCount { brokers, topic } => topic_count(&brokers, &topic),
-        Command::DeleteTopics { brokers, topics } => delete_topics(&brokers, &topics).await,
+        Command::DeleteTopics {
+            brokers,
+            prefix,
+            topics,
+        } => delete_topics(&brokers, prefix.as_deref(), topics).await,
     }
 }
 
@@ -768,23 +775,45 @@ fn topic_count(brokers: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+async fn delete_topics(
+    brokers: &str,
+    prefix: Option<&str>,
+    mut topics: Vec<String>,
+) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         shared::kafka::client_config(brokers)
             .create()
             .context("creating the Kafka admin client")?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .delete_topics(&names, &options)
-        .await
-        .context("deleting topics")?;
-    for result in results {
-        match result {
-            Ok(name) => report("deleted", name),
-            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => report("missing", name),
-            Err((name, code)) => eprintln!("deleting {name}: {code}"),
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .context("listing the topics")?;
+        topics.extend(
+            metadata
+                .topics()
+                .iter()
+                .map(|t| t.name())
+                .filter(|name| name.starts_with(prefix))
+                .map(str::to_owned),
+        );
+    }
+    // A few hundred at a time: one request for thousands of partitions can
+    // outlast the operation timeout.
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for chunk in topics.chunks(200) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let results = admin
+            .delete_topics(&names, &options)
+            .await
+            .context("deleting topics")?;
+        for result in results {
+            match result {
+                Ok(name) => report("deleted", name),
+                Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => report("missing", name),
+                Err((name, code)) => eprintln!("deleting {name}: {code}"),
+            }
         }
     }
     Ok(())
