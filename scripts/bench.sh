@@ -10,7 +10,7 @@
 #
 # Knobs (environment): BENCH_SECONDS (10, per load run), BENCH_CONNECTIONS
 # (64), BENCH_INGEST_CONNECTIONS (128, the submission runs),
-# BENCH_HALF_CONNECTIONS (32, the fixed-rate runs), BENCH_HALF_REPEATS (3
+# BENCH_HALF_CONNECTIONS (64, the fixed-rate runs), BENCH_HALF_REPEATS (5
 # fixed-rate runs each of stats and /healthz, medians), BENCH_WARMUP_SECONDS
 # (8, ingest's warm-up), BENCH_THREADS (2), BENCH_TOKENS (2000 student tokens), BENCH_EVENTS
 # (100000 events prefilled for the aggregator), BENCH_FRESH_RATE (5000/s),
@@ -33,15 +33,15 @@ die() { say "error: $*" >&2; exit 1; }
 
 LOAD_SECONDS=${BENCH_SECONDS:-10}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
-# The fixed-rate (half load) runs use 32 connections. At 16, each connection
-# must finish a request every millisecond at ~16k/s, about stats' own p50
-# here, so requests queued inside the generator (stats p99 19-43 ms); at 64
-# /healthz itself showed about 4 ms. At 32: stats 5-16 ms, /healthz 1.8-3.3 ms.
-HALF_CONNECTIONS=${BENCH_HALF_CONNECTIONS:-32}
+# The fixed-rate (half load) runs use 64 connections. Stats p99 at 26k/s, runs
+# taking turns on one query: 16 connections 4.6 and 6.4 ms (requests waited
+# for a free connection whenever query paused), 32 1.7-4.1 ms (median 3.0),
+# 64 1.3-16.6 ms (median 1.7), 128 2.2-4.7 ms.
+HALF_CONNECTIONS=${BENCH_HALF_CONNECTIONS:-64}
 # Each half-load p99 is the median of this many 10 s runs, stats and /healthz
-# taking turns: on these two shared cores, one run's p99 ranged from about 2 to
-# 17 ms for the same build, so a single run said more about the moment than the build.
-HALF_REPEATS=${BENCH_HALF_REPEATS:-3}
+# taking turns: on these two shared cores, one run's p99 ranged from about 1.3
+# to 17 ms for the same build, so a single run said more about the moment than the build.
+HALF_REPEATS=${BENCH_HALF_REPEATS:-5}
 # A submission is answered only once Kafka acknowledged it, so each connection
 # waits a broker round trip (2-4 ms here) per request: at 64 connections the
 # submission runs measured that wait, not ingest (the machine still had idle
@@ -249,37 +249,27 @@ install_tools() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk jq curl
 }
 
-# oha drives the fixed-rate runs; installing it may fail (no crates.io): then those rows say so.
-install_oha() {
-  export PATH=$HOME/.cargo/bin:$PATH
-  command -v oha >/dev/null && return 0
-  say "cargo install oha --locked (once; a few minutes)"
-  cargo install oha --locked 2>&1 | grep --line-buffered -E '^ +(Compiling|Installing|Installed|Finished)|^error' |
-    sed -u 's/^ */    /' || true
-  command -v oha >/dev/null
-}
-
-# oha_run NAME RATE URL [TOKEN]: a fixed-rate run; p50/p99 and status counts in $WORK/NAME.out.
-# Latencies count from when oha's pacer released each request
-# (--latency-correction), so a request that waited for a free connection is
-# charged for the wait; OHA_CORRECTION= (empty) counts from when it was sent.
-oha_run() {
-  local name=$1 rate=$2 url=$3 token=${4:-} auth=()
-  [[ -n $token ]] && auth=(-H "Authorization: Bearer $token")
+# rate_run NAME RATE URL TOKEN|- PATH...: a fixed-rate run with feedback-bench
+# rate, after a second's warm-up at the same rate, into $WORK/NAME.out. Open
+# loop: each answer is timed from when its request was due (a wait for a free
+# connection counts), and also from when it was sent. It replaced oha, which
+# took 51-56 % of a core at 26k stats/s here. In one batch of runs taking
+# turns on one query at 26k/s, 32 connections, three each: oha p50 0.52-0.60
+# ms, p99 2.0-3.1 ms; feedback-bench rate, requests released each 0.5 ms, CPU
+# 46-49 %, p50 0.37-0.38 ms, p99 1.3-2.6 ms; released each 0.2 ms, CPU
+# 64-66 %, p99 1.4-12.7 ms (every wake-up of the generator is CPU query does
+# not get); each 1 ms, CPU 38-40 %, p50 0.56-0.59 ms (26 requests at once).
+rate_run() {
+  local name=$1 rate=$2 url=$3 token=$4 args=() path
+  shift 4
+  [[ $token == - ]] || args+=(--token "$token")
+  for path in "$@"; do args+=(--path "$path"); done
   cpu_start "$LOAD_WHO"
-  # shellcheck disable=SC2086 # OHA_CORRECTION is one flag or none
-  oha --no-tui --output-format json ${OHA_CORRECTION---latency-correction} -w -z "${LOAD_SECONDS}s" -q "$rate" \
-    -c "$HALF_CONNECTIONS" "${auth[@]}" --rand-regex-url "$url" >"$WORK/$name.json" 2>"$WORK/$name.err" ||
-    { cat "$WORK/$name.err" >&2; die "oha $name failed"; }
-  jq -r '"rps=\(.summary.requestsPerSec)",
-         "p50_ms=\(.latencyPercentiles.p50 * 1000)",
-         "p99_ms=\(.latencyPercentiles.p99 * 1000)",
-         "ok=\(.statusCodeDistribution["200"] // 0)",
-         "total=\([.statusCodeDistribution[]] | add // 0)",
-         "errors=\([.errorDistribution[]?] | add // 0)"' "$WORK/$name.json" >"$WORK/$name.out"
-  say "  $name at $rate/s: p50 $(calc "$(kv "$WORK/$name.out" p50_ms)") ms," \
-    "p99 $(calc "$(kv "$WORK/$name.out" p99_ms)") ms, $(kv "$WORK/$name.out" errors) errors"
-  say "    cpu: $(cpu_report)"
+  "$BENCH" rate --url "$url" --rate "$rate" --seconds "$LOAD_SECONDS" --connections "$HALF_CONNECTIONS" \
+    "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" || { cat "$WORK/$name.err" >&2; die "rate $name failed"; }
+  say "  $name at $rate/s: p50 $(kv "$WORK/$name.out" p50_ms) ms, p99 $(kv "$WORK/$name.out" p99_ms) ms" \
+    "(from send: $(kv "$WORK/$name.out" sent_p99_ms) ms), $(kv "$WORK/$name.out" errors) errors"
+  say "    cpu: $(cpu_report); the generator $(kv "$WORK/$name.out" generator_cpu_pct)%"
 }
 
 # route_buckets URL ROUTE: the cumulative counts of ROUTE's latency histogram
@@ -321,7 +311,6 @@ prepare() {
     "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
   scripts/infra.sh up
   install_tools
-  if install_oha; then OHA=1; else OHA=0; say "oha could not be installed: the fixed-rate rows are skipped"; fi
   say "building (cargo build --release -p ingest -p aggregator -p query -p feedback-tests)"
   cargo build --release -p ingest -p aggregator -p query -p feedback-tests
   INGEST_PORT=$(free_port 18080)
@@ -445,24 +434,19 @@ bench_query() {
   load query_health "$url/healthz" get.lua -
   load query_stats "$url" get.lua "$ADMIN_TOKEN" "${paths[@]}"
   HALF_RATE=$(calc "$(kv "$WORK/query_stats.out" rps) / 2" 0)
-  if [[ $OHA == 1 ]]; then
-    say "query at half load ($HALF_RATE req/s, fixed rate with oha): stats, then /healthz as its floor, $HALF_REPEATS times"
-    local route="/v1/courses/{course_id}/stats" r
-    for r in $(seq 1 "$HALF_REPEATS"); do
-      route_buckets "$url" "$route" >"$WORK/query_half.before"
-      oha_run "query_half_$r" "$HALF_RATE" "$url/v1/courses/BENCH-C00(0[0-9]|1[0-9])/stats" "$ADMIN_TOKEN"
-      route_buckets "$url" "$route" >"$WORK/query_half.after"
-      # What query itself took (its own histogram): the rest of the p99 is the
-      # kernel, the scheduler and the load generator on the same cores.
-      echo "inside_p99_ms=$(bucket_p99 "$WORK/query_half.before" "$WORK/query_half.after")" >>"$WORK/query_half_$r.out"
-      say "  inside query (its latency histogram): p99 <= $(kv "$WORK/query_half_$r.out" inside_p99_ms) ms"
-      oha_run "query_half_health_$r" "$HALF_RATE" "$url/healthz"
-    done
-    # The same rate timed from when each request was sent, not from when oha's
-    # pacer released it: without the wait for one of the 32 connections (all
-    # busy, or oha's own threads off the cores) in between.
-    OHA_CORRECTION='' oha_run query_half_sent "$HALF_RATE" "$url/v1/courses/BENCH-C00(0[0-9]|1[0-9])/stats" "$ADMIN_TOKEN"
-  fi
+  say "query at half load ($HALF_RATE req/s, fixed rate with feedback-bench rate): stats, then /healthz as its floor," \
+    "$HALF_REPEATS times"
+  local route="/v1/courses/{course_id}/stats" r
+  for r in $(seq 1 "$HALF_REPEATS"); do
+    route_buckets "$url" "$route" >"$WORK/query_half.before"
+    rate_run "query_half_$r" "$HALF_RATE" "$url" "$ADMIN_TOKEN" "${paths[@]}"
+    route_buckets "$url" "$route" >"$WORK/query_half.after"
+    # What query itself took (its own histogram): the rest of the p99 is the
+    # kernel, the scheduler and the load generator on the same cores.
+    echo "inside_p99_ms=$(bucket_p99 "$WORK/query_half.before" "$WORK/query_half.after")" >>"$WORK/query_half_$r.out"
+    say "  inside query (its latency histogram): p99 <= $(kv "$WORK/query_half_$r.out" inside_p99_ms) ms"
+    rate_run "query_half_health_$r" "$HALF_RATE" "$url" - /healthz
+  done
   stop_pid "$PID_query"
 }
 
@@ -596,30 +580,27 @@ table_query() {
   ratio_row "query stats, cache hits (vs /healthz)" "$(kv "$qs" good_rps)" "$(kv "$qh" rps)" "req/s" 0.5
   latency_row "query stats p99, open loop" "$(kv "$qs" p99_ms)" "$(kv "$qh" p99_ms)" -
   failures_row "query stats non-200" query_stats
-  if [[ $OHA == 1 ]]; then
-    local runs=() floors=() r bad=0
-    for r in $(seq 1 "$HALF_REPEATS"); do
-      runs+=("$WORK/query_half_$r.out") floors+=("$WORK/query_half_health_$r.out")
-      bad=$((bad + $(kv "$WORK/query_half_$r.out" total) - $(kv "$WORK/query_half_$r.out" ok) + $(kv "$WORK/query_half_$r.out" errors)))
-    done
-    latency_row "query stats p50 @ $HALF_RATE/s (half)" "$(median p50_ms "${runs[@]}")" \
-      "$(median p50_ms "${floors[@]}")" -
-    latency_row "query stats p99 @ $HALF_RATE/s (half), median" "$(median p99_ms "${runs[@]}")" \
-      "$(median p99_ms "${floors[@]}")" 2
-    row "  p99 of each run: stats; /healthz" "$(values p99_ms "${runs[@]}") ms; $(values p99_ms "${floors[@]}") ms" - - - -
-    row "  of which inside query (histogram)" "<= $(median inside_p99_ms "${runs[@]}") ms" - - - -
-    row "  timed from send, not release (oha)" "p50 $(calc "$(kv "$WORK/query_half_sent.out" p50_ms)") ms, p99 $(calc "$(kv "$WORK/query_half_sent.out" p99_ms)") ms" - - - -
-    row "query half-load answers not 200" "$bad" - - 0 "$([[ $bad == 0 ]] && echo yes || echo NO)"
-  else
-    row "query stats p99 @ half load" "not measured: oha could not be installed" - - "<= 2 ms" -
-  fi
+  local runs=() floors=() r bad=0
+  for r in $(seq 1 "$HALF_REPEATS"); do
+    runs+=("$WORK/query_half_$r.out") floors+=("$WORK/query_half_health_$r.out")
+    bad=$((bad + $(kv "$WORK/query_half_$r.out" total) - $(kv "$WORK/query_half_$r.out" ok) + $(kv "$WORK/query_half_$r.out" errors)))
+  done
+  latency_row "query stats p50 @ $HALF_RATE/s (half)" "$(median p50_ms "${runs[@]}")" \
+    "$(median p50_ms "${floors[@]}")" -
+  latency_row "query stats p99 @ $HALF_RATE/s (half), median" "$(median p99_ms "${runs[@]}")" \
+    "$(median p99_ms "${floors[@]}")" 2
+  row "  p99 of each run: stats; /healthz" "$(values p99_ms "${runs[@]}") ms; $(values p99_ms "${floors[@]}") ms" - - - -
+  row "  of which inside query (histogram)" "<= $(median inside_p99_ms "${runs[@]}") ms" - - - -
+  row "  timed from send, not from due" "p50 $(median sent_p50_ms "${runs[@]}") ms, p99 $(median sent_p99_ms "${runs[@]}") ms" - - - -
+  row "  the generator's CPU (of one core)" "$(median generator_cpu_pct "${runs[@]}")%" - - - -
+  row "query half-load answers not 200" "$bad" - - 0 "$([[ $bad == 0 ]] && echo yes || echo NO)"
 }
 
 print_table() {
   echo
   echo "Benchmark $STAMP on $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1))."
-  echo "The load generators (wrk -t$THREADS -c$CONNECTIONS and -c$INGEST_CONNECTIONS for submissions, oha -c$HALF_CONNECTIONS,"
-  echo "feedback-bench) run on the same cores as the services, Kafka, Redis and MariaDB: every ceiling is measured"
+  echo "The load generators (wrk -t$THREADS -c$CONNECTIONS and -c$INGEST_CONNECTIONS for submissions, feedback-bench,"
+  echo "its fixed-rate runs -c$HALF_CONNECTIONS) run on the same cores as the services, Kafka, Redis and MariaDB: every ceiling is measured"
   echo "the same way in this run; ingest's is the better /healthz of -c$CONNECTIONS and -c$INGEST_CONNECTIONS."
   echo
   {

@@ -100,6 +100,34 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         grace_secs: u64,
     },
+    /// GET requests at a fixed rate, open loop (wrk2's model): each answer
+    /// timed from when its request was due, so a wait for a free connection
+    /// counts; also timed from when it was sent.
+    Rate {
+        /// Scheme, host and port, e.g. http://127.0.0.1:18082
+        #[arg(long)]
+        url: String,
+        /// Paths to request, in turn (repeat the flag).
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// Sent as `Authorization: Bearer TOKEN`.
+        #[arg(long)]
+        token: Option<String>,
+        /// Requests per second.
+        #[arg(long)]
+        rate: u64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds at the same rate before them, not measured.
+        #[arg(long, default_value_t = 1)]
+        warmup_secs: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Requests are released a slot of this many microseconds at a time.
+        #[arg(long, default_value_t = 500)]
+        slot_us: u64,
+    },
     /// Messages in TOPIC (the sum of its partitions' high watermarks).
     TopicCount {
         #[arg(long, env = "FEEDBACK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -169,6 +197,31 @@ async fn main() -> anyhow::Result<()> {
                 grace: Duration::from_secs(grace_secs),
             };
             freshness(&brokers, &topic, &mysql_url, &redis_url, plan).await
+        }
+        Command::Rate {
+            url,
+            paths,
+            token,
+            rate,
+            seconds,
+            warmup_secs,
+            connections,
+            slot_us,
+        } => {
+            let plan = RatePlan {
+                url,
+                paths,
+                token,
+                rate,
+                warmup: Duration::from_secs(warmup_secs),
+                duration: Duration::from_secs(seconds),
+                connections,
+                slot: Duration::from_micros(slot_us.max(1)),
+            };
+            // Its own thread and a one-thread runtime: the load generator
+            // shares the cores with what it measures, so it should take as
+            // little of them as it can.
+            tokio::task::spawn_blocking(move || rate_load(plan)).await?
         }
         Command::TopicCount { brokers, topic } => topic_count(&brokers, &topic),
         Command::DeleteTopics {
@@ -750,6 +803,271 @@ fn report_freshness(seen: Seen, produced: u64, achieved: f64) {
     );
 }
 
+// -------------------------------------------------------------------- rate --
+
+struct RatePlan {
+    url: String,
+    paths: Vec<String>,
+    token: Option<String>,
+    rate: u64,
+    warmup: Duration,
+    duration: Duration,
+    connections: usize,
+    slot: Duration,
+}
+
+/// What the requests of one connection saw.
+#[derive(Default)]
+struct Answers {
+    /// Due to answered, and sent to answered, in ms.
+    from_due: Vec<f64>,
+    from_sent: Vec<f64>,
+    ok: u64,
+    other_status: u64,
+    errors: u64,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        plan.rate > 0 && plan.connections > 0,
+        "--rate and --connections must be positive"
+    );
+    let uri: hyper::Uri = plan.url.parse().context("--url")?;
+    let authority = uri
+        .authority()
+        .context("--url needs a host and port")?
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let queue = Arc::new(tokio::sync::Mutex::new(rx));
+    let header = |v: String| hyper::header::HeaderValue::from_str(&v).context("a header value");
+    let host = header(authority.clone())?;
+    let auth = plan
+        .token
+        .map(|t| header(format!("Bearer {t}")))
+        .transpose()?;
+    let paths: Arc<[hyper::Uri]> = plan
+        .paths
+        .iter()
+        .map(|p| p.parse().with_context(|| format!("path {p}")))
+        .collect::<anyhow::Result<_>>()?;
+    let warmup = plan.warmup;
+    let released = (plan.rate as f64 * (warmup + plan.duration).as_secs_f64()) as u64;
+    let (cpu, answers) = runtime.block_on(async {
+        let mut senders = Vec::with_capacity(plan.connections);
+        for _ in 0..plan.connections {
+            senders.push(connect(&authority).await?);
+        }
+        let started = Instant::now();
+        let cpu_before = own_cpu_seconds();
+        let workers: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(i, sender)| {
+                let conn = Conn {
+                    sender,
+                    authority: authority.clone(),
+                    host: host.clone(),
+                    auth: auth.clone(),
+                    paths: paths.clone(),
+                    next: i,
+                    measure_from: started + warmup,
+                };
+                tokio::spawn(conn.serve(queue.clone()))
+            })
+            .collect();
+        let (rate, slot) = (plan.rate, plan.slot);
+        let pacer = std::thread::spawn(move || pace(&tx, started, rate, slot, released));
+        let deadline = warmup + plan.duration + Duration::from_secs(30);
+        let mut answers = Vec::with_capacity(workers.len());
+        for worker in workers {
+            match tokio::time::timeout_at((started + deadline).into(), worker).await {
+                Ok(joined) => answers.push(joined?),
+                Err(_) => {
+                    eprintln!("    a connection still had no answer {deadline:?} after the start")
+                }
+            }
+        }
+        pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pacer panicked"))?;
+        // What the generator took of the cores it shares with what it measures.
+        let cpu = own_cpu_seconds()
+            .zip(cpu_before)
+            .map(|(after, before)| (after - before) / started.elapsed().as_secs_f64());
+        anyhow::Ok((cpu, answers))
+    })?;
+    let total = released - (plan.rate as f64 * warmup.as_secs_f64()) as u64;
+    let elapsed = plan.duration.as_secs_f64();
+    let mut all = Answers::default();
+    for a in answers {
+        all.from_due.extend(a.from_due);
+        all.from_sent.extend(a.from_sent);
+        all.ok += a.ok;
+        all.other_status += a.other_status;
+        all.errors += a.errors;
+    }
+    let answered = all.from_due.len() as u64;
+    all.from_due.sort_by(f64::total_cmp);
+    all.from_sent.sort_by(f64::total_cmp);
+    report("rps", format!("{:.0}", answered as f64 / elapsed));
+    report("p50_ms", format!("{:.3}", quantile(&all.from_due, 0.50)));
+    report("p99_ms", format!("{:.3}", quantile(&all.from_due, 0.99)));
+    report("p999_ms", format!("{:.3}", quantile(&all.from_due, 0.999)));
+    report("max_ms", format!("{:.3}", quantile(&all.from_due, 1.0)));
+    report(
+        "sent_p50_ms",
+        format!("{:.3}", quantile(&all.from_sent, 0.50)),
+    );
+    report(
+        "sent_p99_ms",
+        format!("{:.3}", quantile(&all.from_sent, 0.99)),
+    );
+    report("ok", all.ok);
+    report("total", answered);
+    // Requests that failed, and those never answered at all.
+    report(
+        "errors",
+        all.errors + total.saturating_sub(answered + all.errors),
+    );
+    if let Some(share) = cpu {
+        report("generator_cpu_pct", format!("{:.0}", share * 100.0));
+    }
+    Ok(())
+}
+
+/// This process's user and system CPU time so far, from /proc/self/stat
+/// (fields 14 and 15, in USER_HZ ticks: 100 per second on Linux).
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Releases `total` requests at `rate` per second from `start`, a slot at a
+/// time: every request due within a slot is released at its start and timed
+/// from it. A pacer that wakes late is charged for it (its requests are due
+/// all the same), the slot's length is not; and the pacer sleeps once per
+/// slot rather than once per request, since on these shared cores every
+/// wake-up of the generator is CPU the measured service does not get.
+fn pace(
+    tx: &tokio::sync::mpsc::UnboundedSender<Instant>,
+    start: Instant,
+    rate: u64,
+    slot: Duration,
+    total: u64,
+) {
+    let mut released = 0u64;
+    let mut n = 0u32;
+    while released < total {
+        let at = start + slot * n;
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // Requests 0..=floor(elapsed * rate) are due by now.
+        let due = ((slot * n).as_secs_f64() * rate as f64) as u64 + 1;
+        while released < due.min(total) {
+            if tx.send(at).is_err() {
+                return;
+            }
+            released += 1;
+        }
+        n += 1;
+    }
+}
+
+async fn connect(authority: &str) -> anyhow::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One keep-alive connection, taking due requests from the shared queue.
+struct Conn {
+    sender: Sender,
+    authority: String,
+    host: hyper::header::HeaderValue,
+    auth: Option<hyper::header::HeaderValue>,
+    paths: Arc<[hyper::Uri]>,
+    next: usize,
+    /// Requests due before this are the warm-up: sent, not counted.
+    measure_from: Instant,
+}
+
+impl Conn {
+    async fn serve(
+        mut self,
+        queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>,
+    ) -> Answers {
+        let mut answers = Answers::default();
+        loop {
+            let Some(due) = queue.lock().await.recv().await else {
+                return answers;
+            };
+            let sent = Instant::now();
+            let result = self.get().await;
+            if due < self.measure_from {
+                if result.is_err() {
+                    match connect(&self.authority).await {
+                        Ok(sender) => self.sender = sender,
+                        Err(_) => return answers,
+                    }
+                }
+                continue;
+            }
+            match result {
+                Ok(status) => {
+                    let done = Instant::now();
+                    answers.from_due.push((done - due).as_secs_f64() * 1000.0);
+                    answers.from_sent.push((done - sent).as_secs_f64() * 1000.0);
+                    if status == hyper::StatusCode::OK {
+                        answers.ok += 1;
+                    } else {
+                        answers.other_status += 1;
+                    }
+                }
+                Err(e) => {
+                    answers.errors += 1;
+                    eprintln!("    request failed: {e:#}");
+                    match connect(&self.authority).await {
+                        Ok(sender) => self.sender = sender,
+                        // The other connections take the rest.
+                        Err(_) => return answers,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn get(&mut self) -> anyhow::Result<hyper::StatusCode> {
+        use http_body_util::BodyExt;
+        let path = self.paths[self.next % self.paths.len()].clone();
+        self.next += 1;
+        let mut request = hyper::Request::get(path).body(http_body_util::Empty::new())?;
+        let headers = request.headers_mut();
+        headers.insert(hyper::header::HOST, self.host.clone());
+        if let Some(auth) = &self.auth {
+            headers.insert(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+}
+
 // ------------------------------------------------------------------ topics --
 
 fn topic_count(brokers: &str, topic: &str) -> anyhow::Result<()> {
@@ -817,4 +1135,31 @@ async fn delete_topics(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_releases_every_request_on_schedule() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        // 10,000/s for 50 ms in 1 ms slots: 500 requests, 10 per slot.
+        pace(&tx, start, 10_000, Duration::from_millis(1), 500);
+        let mut due = Vec::new();
+        while let Ok(at) = rx.try_recv() {
+            due.push(at);
+        }
+        assert_eq!(due.len(), 500);
+        // Each is stamped with its slot's start: 1 at 0 ms (request 0), then 10 a slot.
+        assert_eq!(due[0], start);
+        assert_eq!(due[1], start + Duration::from_millis(1));
+        assert_eq!(due[10], start + Duration::from_millis(1));
+        assert_eq!(due[11], start + Duration::from_millis(2));
+        assert!(due.windows(2).all(|w| w[0] <= w[1]));
+        // Paced, not all at once: the last slot starts 50 ms in.
+        assert_eq!(*due.last().unwrap(), start + Duration::from_millis(50));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
 }
