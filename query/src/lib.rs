@@ -152,10 +152,18 @@ impl Application {
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "query listening");
         let start_up = tokio::spawn(prepare(state.clone(), config));
-        let result = shared::http::serve(listener, router(state.clone()), shutdown).await;
+        // A thread per core, each serving its connections (see `serve_on_threads`).
+        let threads = shared::http::ConnectionThreads::start(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )?;
+        let result =
+            shared::http::serve_on_threads(listener, router(state.clone()), shutdown, &threads)
+                .await;
         start_up.abort();
+        // Before the threads stop: some of the pool's connections are theirs.
         let _ = tokio::time::timeout(Duration::from_secs(2), state.db.pool().clone().disconnect())
             .await;
+        drop(threads);
         tracing::info!("query stopped");
         Ok(result?)
     }

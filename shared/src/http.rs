@@ -195,7 +195,7 @@ pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-pub use crate::server::serve;
+pub use crate::server::{serve, serve_on_threads, ConnectionThreads};
 
 /// The longest `X-Request-Id` a client may choose.
 pub const MAX_REQUEST_ID_LEN: usize = 128;

@@ -25,7 +25,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -35,11 +35,45 @@ use tower::ServiceExt;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` until `shutdown` completes, then lets the requests in flight
-/// finish (idle connections are closed at once).
+/// finish (idle connections are closed at once). Connections run as tasks of
+/// the caller's runtime.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with(listener, app, shutdown, None).await
+}
+
+/// [`serve`], but each connection is handed to one of `threads` (in turn),
+/// each running its connections on a runtime of its own, one thread and
+/// nothing else.
+///
+/// For a service whose requests are short and answered from memory (query's
+/// stats hits). Under tokio's shared runtime, `perf sched` at 26k stats hits
+/// a second showed one worker running 3.9 ms on end while the other slept and
+/// the other core had idle time: requests queued behind one worker. Split by
+/// connection, both cores serve. Stats p99 at 26k/s over 64 connections, the
+/// two builds taking turns, eight runs each: 1.48-7.44 ms (median 3.16)
+/// shared, 1.29-6.28 ms (median 1.93) on two threads, lower in every pair.
+///
+/// A handler that spawns a task spawns it on its connection's thread, and a connection to MySQL or Redis first opened by a
+/// handler belongs to that thread's runtime: so the caller drops `threads`
+/// only once it is done with its pools, not when this returns.
+pub async fn serve_on_threads(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    threads: &ConnectionThreads,
+) -> io::Result<()> {
+    serve_with(listener, app, shutdown, Some(threads)).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    threads: Option<&ConnectionThreads>,
 ) -> io::Result<()> {
     let app = app
         // A net for a route that set none (the services set theirs with
@@ -69,27 +103,94 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            // What `into_make_service_with_connect_info` gave the handlers.
-            request.extensions_mut().insert(ConnectInfo(remote));
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        let connection = builder.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, %remote, "connection ended with an error");
+        let (app, watcher) = (app.clone(), graceful.watcher());
+        match threads {
+            None => {
+                tokio::spawn(connection(stream, remote, app, watcher));
             }
-        });
+            Some(threads) => {
+                // Taken off this runtime's reactor, put on the thread's.
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                threads.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => connection(stream, remote, app, watcher).await,
+                        Err(err) => tracing::debug!(%err, %remote, "connection not taken"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// One connection, request after request, until it closes or the shutdown.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    app: Router,
+    watcher: Watcher,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // What `into_make_service_with_connect_info` gave the handlers.
+        request.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(%err, %remote, "connection ended with an error");
+    }
+}
+
+/// Threads that each run connections on a one-thread runtime of their own
+/// (see [`serve_on_threads`]). Dropped, they stop, and the tasks still on
+/// them are dropped.
+pub struct ConnectionThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropped, each ends its thread's runtime.
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnectionThreads {
+    /// `threads` threads (at least one), named `http-0` and on.
+    pub fn start(threads: usize) -> io::Result<Self> {
+        let threads = threads.max(1);
+        let mut handles = Vec::with_capacity(threads);
+        let mut stops = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(Self {
+            handles,
+            _stops: stops,
+            next: Default::default(),
+        })
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let next = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handles[next % self.handles.len()].spawn(task);
+    }
 }
 
 /// Errors of one connection (the client hung up, say), not of the listener.
