@@ -57,9 +57,10 @@ pub async fn serve(
 /// two builds taking turns, eight runs each: 1.48-7.44 ms (median 3.16)
 /// shared, 1.29-6.28 ms (median 1.93) on two threads, lower in every pair.
 ///
-/// A handler that spawns a task spawns it on its connection's thread, and a connection to MySQL or Redis first opened by a
-/// handler belongs to that thread's runtime: so the caller drops `threads`
-/// only once it is done with its pools, not when this returns.
+/// A handler that spawns a task spawns it on its connection's thread, and a
+/// connection to MySQL or Redis first opened by a handler belongs to that
+/// thread's runtime: so the caller drops `threads` only once it is done with
+/// its pools, not when this returns.
 pub async fn serve_on_threads(
     listener: TcpListener,
     app: Router,

@@ -825,6 +825,8 @@ struct Answers {
     ok: u64,
     other_status: u64,
     errors: u64,
+    /// Requests of the warm-up taken (sent, not counted).
+    warmup: u64,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
@@ -901,7 +903,6 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
             .map(|(after, before)| (after - before) / started.elapsed().as_secs_f64());
         anyhow::Ok((cpu, answers))
     })?;
-    let total = released - (plan.rate as f64 * warmup.as_secs_f64()) as u64;
     let elapsed = plan.duration.as_secs_f64();
     let mut all = Answers::default();
     for a in answers {
@@ -910,6 +911,7 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
         all.ok += a.ok;
         all.other_status += a.other_status;
         all.errors += a.errors;
+        all.warmup += a.warmup;
     }
     let answered = all.from_due.len() as u64;
     all.from_due.sort_by(f64::total_cmp);
@@ -929,11 +931,9 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
     );
     report("ok", all.ok);
     report("total", answered);
-    // Requests that failed, and those never answered at all.
-    report(
-        "errors",
-        all.errors + total.saturating_sub(answered + all.errors),
-    );
+    // Requests that failed, and those no connection took at all.
+    let untaken = released.saturating_sub(all.warmup + answered + all.errors);
+    report("errors", all.errors + untaken);
     if let Some(share) = cpu {
         report("generator_cpu_pct", format!("{:.0}", share * 100.0));
     }
@@ -1018,6 +1018,7 @@ impl Conn {
             let sent = Instant::now();
             let result = self.get().await;
             if due < self.measure_from {
+                answers.warmup += 1;
                 if result.is_err() {
                     match connect(&self.authority).await {
                         Ok(sender) => self.sender = sender,
