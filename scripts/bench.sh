@@ -268,7 +268,8 @@ rate_run() {
   "$BENCH" rate --url "$url" --rate "$rate" --seconds "$LOAD_SECONDS" --connections "$HALF_CONNECTIONS" \
     "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" || { cat "$WORK/$name.err" >&2; die "rate $name failed"; }
   say "  $name at $rate/s: p50 $(kv "$WORK/$name.out" p50_ms) ms, p99 $(kv "$WORK/$name.out" p99_ms) ms" \
-    "(from send: $(kv "$WORK/$name.out" sent_p99_ms) ms), $(kv "$WORK/$name.out" errors) errors"
+    "(from send: $(kv "$WORK/$name.out" sent_p99_ms) ms), $(kv "$WORK/$name.out" errors) errors;" \
+    "the pacer late p99 $(kv "$WORK/$name.out" pacer_late_p99_ms) ms, max $(kv "$WORK/$name.out" pacer_late_max_ms) ms"
   say "    cpu: $(cpu_report); the generator $(kv "$WORK/$name.out" generator_cpu_pct)%"
 }
 
@@ -592,7 +593,9 @@ table_query() {
   row "  p99 of each run: stats; /healthz" "$(values p99_ms "${runs[@]}") ms; $(values p99_ms "${floors[@]}") ms" - - - -
   row "  of which inside query (histogram)" "<= $(median inside_p99_ms "${runs[@]}") ms" - - - -
   row "  timed from send, not from due" "p50 $(median sent_p50_ms "${runs[@]}") ms, p99 $(median sent_p99_ms "${runs[@]}") ms" - - - -
-  row "  the generator's CPU (of one core)" "$(median generator_cpu_pct "${runs[@]}")%" - - - -
+  row "  the generator: CPU; its pacer late" \
+    "$(median generator_cpu_pct "${runs[@]}")% of a core; p99 $(median pacer_late_p99_ms "${runs[@]}") ms, max $(median pacer_late_max_ms "${runs[@]}") ms" \
+    - - - -
   row "query half-load answers not 200" "$bad" - - 0 "$([[ $bad == 0 ]] && echo yes || echo NO)"
 }
 

@@ -859,7 +859,7 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let warmup = plan.warmup;
     let released = (plan.rate as f64 * (warmup + plan.duration).as_secs_f64()) as u64;
-    let (cpu, answers) = runtime.block_on(async {
+    let (cpu, answers, mut late) = runtime.block_on(async {
         let mut senders = Vec::with_capacity(plan.connections);
         for _ in 0..plan.connections {
             senders.push(connect(&authority).await?);
@@ -894,14 +894,14 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
                 }
             }
         }
-        pacer
+        let late = pacer
             .join()
             .map_err(|_| anyhow::anyhow!("the pacer panicked"))?;
         // What the generator took of the cores it shares with what it measures.
         let cpu = own_cpu_seconds()
             .zip(cpu_before)
             .map(|(after, before)| (after - before) / started.elapsed().as_secs_f64());
-        anyhow::Ok((cpu, answers))
+        anyhow::Ok((cpu, answers, late))
     })?;
     let elapsed = plan.duration.as_secs_f64();
     let mut all = Answers::default();
@@ -934,6 +934,13 @@ fn rate_load(plan: RatePlan) -> anyhow::Result<()> {
     // Requests that failed, and those no connection took at all.
     let untaken = released.saturating_sub(all.warmup + answered + all.errors);
     report("errors", all.errors + untaken);
+    // The measured slots only (one per slot, from the start).
+    let mut late = late.split_off(
+        ((warmup.as_secs_f64() / plan.slot.as_secs_f64()).ceil() as usize).min(late.len()),
+    );
+    late.sort_by(f64::total_cmp);
+    report("pacer_late_p99_ms", format!("{:.3}", quantile(&late, 0.99)));
+    report("pacer_late_max_ms", format!("{:.3}", quantile(&late, 1.0)));
     if let Some(share) = cpu {
         report("generator_cpu_pct", format!("{:.0}", share * 100.0));
     }
@@ -956,13 +963,17 @@ fn own_cpu_seconds() -> Option<f64> {
 /// all the same), the slot's length is not; and the pacer sleeps once per
 /// slot rather than once per request, since on these shared cores every
 /// wake-up of the generator is CPU the measured service does not get.
+///
+/// Returns how late it released each slot, in ms: the part of the latencies
+/// that is the generator's own thread waiting for a core.
 fn pace(
     tx: &tokio::sync::mpsc::UnboundedSender<Instant>,
     start: Instant,
     rate: u64,
     slot: Duration,
     total: u64,
-) {
+) -> Vec<f64> {
+    let mut late = Vec::new();
     let mut released = 0u64;
     let mut n = 0u32;
     while released < total {
@@ -970,16 +981,18 @@ fn pace(
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        late.push(at.elapsed().as_secs_f64() * 1000.0);
         // Requests 0..=floor(elapsed * rate) are due by now.
         let due = ((slot * n).as_secs_f64() * rate as f64) as u64 + 1;
         while released < due.min(total) {
             if tx.send(at).is_err() {
-                return;
+                return late;
             }
             released += 1;
         }
         n += 1;
     }
+    late
 }
 
 async fn connect(authority: &str) -> anyhow::Result<Sender> {
@@ -1147,7 +1160,9 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
         // 10,000/s for 50 ms in 1 ms slots: 500 requests, 10 per slot.
-        pace(&tx, start, 10_000, Duration::from_millis(1), 500);
+        let late = pace(&tx, start, 10_000, Duration::from_millis(1), 500);
+        assert_eq!(late.len(), 51, "a lateness for each slot");
+        assert!(late.iter().all(|ms| *ms >= 0.0));
         let mut due = Vec::new();
         while let Ok(at) = rx.try_recv() {
             due.push(at);
