@@ -1153,7 +1153,6 @@ mod tests {
         // 10,000/s for 50 ms in 1 ms slots: 500 requests, 10 per slot.
         let late = pace(&tx, start, 10_000, Duration::from_millis(1), 500);
         assert_eq!(late.len(), 51, "a lateness for each slot");
-        assert!(late.iter().all(|ms| *ms >= 0.0));
         let mut due = Vec::new();
         while let Ok(at) = rx.try_recv() {
             due.push(at);
