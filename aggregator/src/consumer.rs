@@ -38,9 +38,13 @@ impl ClientContext for AggregatorContext {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                // librdkafka says -1 for a partition this replica does not
+                // consume (revoked in a rebalance, say): shown as 0, so that
+                // the replicas' figures add up to the group's lag instead of
+                // one keeping a revoked partition's last figure for good.
+                if *partition >= 0 {
                     metrics::gauge!("aggregator_consumer_lag", "partition" => partition.to_string())
-                        .set(stats.consumer_lag as f64);
+                        .set(stats.consumer_lag.max(0) as f64);
                 }
             }
         }

@@ -90,10 +90,17 @@ impl Application {
         ]);
         shared::db::migrate(&config.mysql_url).await?;
         let pool = shared::db::pool(&config.mysql_url)?;
-        shared::kafka::ensure_topic(&config.brokers, &config.topic, shared::kafka::PARTITIONS)
-            .await?;
+        shared::kafka::ensure_topic(
+            &config.brokers,
+            &config.topic,
+            shared::kafka::PARTITIONS,
+            Some(shared::kafka::EVENTS_RETENTION),
+        )
+        .await?;
         let dead_letters = DeadLetters::new(&config.brokers, &config.topic)?;
-        shared::kafka::ensure_topic(&config.brokers, dead_letters.topic(), 1).await?;
+        // Dead letters stay until an operator has dealt with them: each is
+        // feedback that was accepted and is not counted yet.
+        shared::kafka::ensure_topic(&config.brokers, dead_letters.topic(), 1, None).await?;
         let cache = Arc::new(CacheWriter::new(
             &config.redis_url,
             pool.clone(),

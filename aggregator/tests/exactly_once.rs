@@ -29,6 +29,7 @@ async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count
     ] {
         assert!(before.contains(name), "{name} missing from /metrics");
     }
+    feedback_tests::assert_every_metric_has_help(&before);
     produce(&scenario.topic, &stream).await;
 
     let want = expected(&events);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shared::config::{parse_or, var, var_or};
 
+use crate::client_addr::TrustedProxies;
 use crate::filter::Policy;
 
 /// The list shipped in the repo, built in, used when no file is configured.
@@ -31,6 +32,8 @@ pub struct Config {
     pub rate_limit_student_per_min: u32,
     /// `FEEDBACK_RATE_LIMIT_IP_PER_MIN`
     pub rate_limit_ip_per_min: u32,
+    /// `FEEDBACK_TRUSTED_PROXIES`: whose `X-Forwarded-For` the per-IP limit believes.
+    pub trusted_proxies: TrustedProxies,
     /// `FEEDBACK_SENSITIVE_WORDS_FILE`; `None` uses the built-in list.
     pub sensitive_words_file: Option<PathBuf>,
     /// `FEEDBACK_SENSITIVE_POLICY`
@@ -58,6 +61,7 @@ impl Config {
             student_key_secret,
             rate_limit_student_per_min: parse_or("FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN", 30)?,
             rate_limit_ip_per_min: parse_or("FEEDBACK_RATE_LIMIT_IP_PER_MIN", 600)?,
+            trusted_proxies: parse_or("FEEDBACK_TRUSTED_PROXIES", TrustedProxies::default())?,
             sensitive_words_file: var("FEEDBACK_SENSITIVE_WORDS_FILE").map(PathBuf::from),
             sensitive_policy: parse_or("FEEDBACK_SENSITIVE_POLICY", Policy::Mask)?,
             delivery_timeout: Duration::from_millis(parse_or(

@@ -3,7 +3,8 @@
 //!
 //! Order of checks: the token (401/403), the idempotency key's shape (400)
 //! and an answer already given under it (replayed, uncounted), the client
-//! IP's rate limit, the student's rate limit, content type (415), body size
+//! IP's rate limit (the peer, or behind a trusted proxy the address it
+//! forwarded: `client_addr.rs`), the student's rate limit, content type (415), body size
 //! (413, refused from `Content-Length` before reading) and arrival (408),
 //! JSON (400), fields (400 wrong type, 422 missing or out of range), the
 //! sensitive-word policy (422 or masked), then the idempotency key's
@@ -43,7 +44,7 @@ pub struct Submission {
 
 pub async fn submit(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Answer>), ApiError> {
@@ -57,7 +58,8 @@ pub async fn submit(
             return Ok((StatusCode::ACCEPTED, Json(answer)));
         }
     }
-    state.limits.per_ip.check(&client.ip())?;
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
+    state.limits.per_ip.check(&client)?;
     state
         .limits
         .per_student

@@ -12,6 +12,7 @@
 //! answers again, and on start after a crash. A full spool answers 503 with
 //! `Retry-After`: nothing accepted is dropped.
 
+pub mod client_addr;
 pub mod config;
 pub mod feedback;
 pub mod filter;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// The HMAC key that turns a JWT subject into a `student_key`.
     pub student_key_secret: Arc<[u8]>,
     pub limits: Arc<Limits>,
+    /// Whose `X-Forwarded-For` names the client for the per-IP limit.
+    pub trusted_proxies: Arc<client_addr::TrustedProxies>,
     pub filter: Arc<SensitiveFilter>,
     pub policy: Policy,
     pub pipeline: Arc<Pipeline>,
@@ -109,6 +112,7 @@ impl Application {
             keys: Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?),
             student_key_secret: config.student_key_secret.clone().into(),
             limits,
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             filter: Arc::new(filter),
             policy: config.sensitive_policy,
             pipeline,
@@ -166,7 +170,14 @@ impl Application {
 fn spawn_topic_creation(brokers: String, topic: String) {
     tokio::spawn(async move {
         loop {
-            match shared::kafka::ensure_topic(&brokers, &topic, shared::kafka::PARTITIONS).await {
+            match shared::kafka::ensure_topic(
+                &brokers,
+                &topic,
+                shared::kafka::PARTITIONS,
+                Some(shared::kafka::EVENTS_RETENTION),
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(err) => tracing::warn!(%err, "topic not ensured yet; retrying"),
             }

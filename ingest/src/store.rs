@@ -348,6 +348,7 @@ impl Disk {
             .set(self.counters.depth.load(Ordering::Acquire) as f64);
         metrics::gauge!("ingest_spool_bytes")
             .set(self.counters.bytes.load(Ordering::Acquire) as f64);
+        metrics::gauge!("ingest_spool_max_bytes").set(self.counters.max_bytes as f64);
     }
 }
 

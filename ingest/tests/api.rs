@@ -399,6 +399,70 @@ async fn one_client_address_over_its_limit_gets_429() {
     ingest.shutdown().await;
 }
 
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_limit_keys_on_the_forwarded_client() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let mut config = config(&topic, temp_dir("spool"));
+    config.rate_limit_ip_per_min = 2;
+    config.trusted_proxies = "127.0.0.1".parse().unwrap();
+    let ingest = TestIngest::spawn_with(config).await;
+    let body = json!({"course_id": "CS101", "rating": 5});
+    let post = |n: usize, forwarded: &'static str| {
+        ingest
+            .client
+            .post(format!("{}/v1/feedback", ingest.url))
+            .bearer_auth(student(&format!("xff-{n}")))
+            .header("x-forwarded-for", forwarded)
+            .json(&body)
+            .send()
+    };
+    // Two clients behind the one proxy address: each has its own allowance.
+    let mut statuses = Vec::new();
+    for (n, client) in ["203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.2"]
+        .into_iter()
+        .enumerate()
+    {
+        statuses.push(post(n, client).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 202, 202]);
+    // The first one's third request is over its limit, whatever it puts
+    // left of the address the proxy saw.
+    let third = post(4, "198.51.100.77, 203.0.113.1").await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    ingest.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_for_header_changes_nothing() {
+    let topic = feedback_tests::fresh_topic().await.unwrap();
+    let mut config = config(&topic, temp_dir("spool"));
+    config.rate_limit_ip_per_min = 2;
+    let ingest = TestIngest::spawn_with(config).await;
+    let body = json!({"course_id": "CS101", "rating": 5});
+    let mut statuses = Vec::new();
+    for (n, forged) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = ingest
+            .client
+            .post(format!("{}/v1/feedback", ingest.url))
+            .bearer_auth(student(&format!("forged-{n}")))
+            .header("x-forwarded-for", forged)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 429],
+        "the peer's limit, not the header's"
+    );
+    ingest.shutdown().await;
+}
+
 async fn futures_statuses(ingest: &TestIngest, body: &Value, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
     for i in 0..n {
@@ -536,6 +600,7 @@ async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    feedback_tests::assert_every_metric_has_help(&metrics);
     let form = get("/").await.unwrap();
     assert!(form.headers()["content-type"]
         .to_str()

@@ -169,6 +169,7 @@ async fn bad_course_ids_unknown_paths_and_wrong_methods_answer_in_the_contract_f
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let metrics = query.get_as("/metrics", None).await.text().await.unwrap();
     assert!(!metrics.contains("ZZTOPMETHOD"), "{metrics}");
+    feedback_tests::assert_every_metric_has_help(&metrics);
     assert!(
         metrics.contains(r#"http_requests_total{route="/healthz",method="other",status="405"}"#),
         "{metrics}"

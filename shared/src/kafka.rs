@@ -12,6 +12,11 @@ use rdkafka::types::RDKafkaErrorCode;
 /// Partitions of a topic created by the services (the contract's 6).
 pub const PARTITIONS: i32 = 6;
 
+/// How long the feedback topic keeps its events (`retention.ms`): the
+/// seeds' design keeps a week, long enough to replay into a rebuilt database
+/// after a week-end's outage. MySQL holds the history for good.
+pub const EVENTS_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Configuration every client starts from.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -28,12 +33,21 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+/// Creates `topic` with `partitions` partitions unless it exists, keeping
+/// its messages for `retention` (`None`: until deleted by hand). An existing
+/// topic keeps the settings it has: an operator may have changed them.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    retention: Option<Duration>,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers)
         .create()
         .context("creating the Kafka admin client")?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let retention_ms = retention.map_or_else(|| "-1".to_owned(), |r| r.as_millis().to_string());
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+        .set("retention.ms", &retention_ms);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&new_topic], &options)

@@ -71,7 +71,13 @@ pub async fn fresh_redis_database() -> anyhow::Result<String> {
 /// Creates a fresh topic with the contract's 6 partitions and returns its name.
 pub async fn fresh_topic() -> anyhow::Result<String> {
     let topic = unique_name("fbtest").replace('_', "-");
-    shared::kafka::ensure_topic(&kafka_brokers(), &topic, shared::kafka::PARTITIONS).await?;
+    shared::kafka::ensure_topic(
+        &kafka_brokers(),
+        &topic,
+        shared::kafka::PARTITIONS,
+        Some(shared::kafka::EVENTS_RETENTION),
+    )
+    .await?;
     Ok(topic)
 }
 
@@ -547,4 +553,22 @@ pub async fn error_of(response: reqwest::Response) -> serde_json::Value {
     );
     let body: serde_json::Value = response.json().await.expect("a JSON error body");
     body["error"].clone()
+}
+
+/// Asserts that every metric in a `/metrics` text has HELP text and a type,
+/// so an operator reading the endpoint (or Grafana) sees what each means.
+pub fn assert_every_metric_has_help(text: &str) {
+    let help: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!typed.is_empty(), "no metrics: {text}");
+    let missing: Vec<&&str> = typed.iter().filter(|name| !help.contains(*name)).collect();
+    assert!(missing.is_empty(), "metrics without HELP: {missing:?}");
 }

@@ -104,3 +104,31 @@ async fn mariadb_runs_sql_with_utf8mb4() -> anyhow::Result<()> {
     pool.disconnect().await?;
     Ok(())
 }
+
+/// A topic's `retention.ms` as the broker reports it.
+async fn retention_ms(topic: &str) -> anyhow::Result<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        shared::kafka::client_config(&kafka_brokers()).create()?;
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await?;
+    let resource = described
+        .into_iter()
+        .next()
+        .context("no answer")?
+        .map_err(|code| anyhow::anyhow!("describing {topic}: {code}"))?;
+    let entry = resource.get("retention.ms").context("no retention.ms")?;
+    Ok(entry.value.clone().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_feedback_topic_keeps_seven_days_and_dead_letters_stay() -> anyhow::Result<()> {
+    let topic = fresh_topic().await?;
+    assert_eq!(retention_ms(&topic).await?, "604800000");
+    let dlq = shared::kafka::dlq_topic(&topic);
+    shared::kafka::ensure_topic(&kafka_brokers(), &dlq, 1, None).await?;
+    assert_eq!(retention_ms(&dlq).await?, "-1");
+    Ok(())
+}

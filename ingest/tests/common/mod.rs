@@ -28,6 +28,7 @@ pub fn config(topic: &str, spool_dir: PathBuf) -> Config {
         student_key_secret: ingest::config::derive_student_key_secret(JWT_SECRET),
         rate_limit_student_per_min: 0,
         rate_limit_ip_per_min: 0,
+        trusted_proxies: Default::default(),
         sensitive_words_file: None,
         sensitive_policy: Policy::Mask,
         delivery_timeout: Duration::from_secs(5),

@@ -351,7 +351,13 @@ async fn prefill(
     courses: usize,
     students: usize,
 ) -> anyhow::Result<()> {
-    shared::kafka::ensure_topic(brokers, topic, shared::kafka::PARTITIONS).await?;
+    shared::kafka::ensure_topic(
+        brokers,
+        topic,
+        shared::kafka::PARTITIONS,
+        Some(shared::kafka::EVENTS_RETENTION),
+    )
+    .await?;
     let courses: Vec<CourseId> = (0..courses.max(1))
         .map(|i| course_id("BENCH-C", i))
         .collect::<anyhow::Result<_>>()?;

@@ -47,6 +47,7 @@ pub async fn start_ingest(topic: &str, spool: &std::path::Path) -> Running {
         student_key_secret: ingest::config::derive_student_key_secret(JWT_SECRET),
         rate_limit_student_per_min: 0,
         rate_limit_ip_per_min: 0,
+        trusted_proxies: Default::default(),
         sensitive_words_file: None,
         sensitive_policy: ingest::filter::Policy::Mask,
         delivery_timeout: Duration::from_secs(5),
