@@ -2,6 +2,7 @@
 # The real stack on loopback, without Docker: Kafka (single-node KRaft), Redis, MariaDB.
 #
 #   scripts/infra.sh up|down|status
+#   scripts/infra.sh jars           (Kafka's jars into the cache, nothing started)
 #   scripts/infra.sh start|stop|kill kafka|redis|mysql     (kill = SIGKILL)
 #
 # `up` installs what is missing (apt for Redis and MariaDB, Maven Central for
@@ -144,6 +145,9 @@ install_packages() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v ss >/dev/null || missing+=(iproute2)
   command -v curl >/dev/null || missing+=(curl)
+  # promtool checks and unit-tests the alert rules (scripts/test.sh); Debian
+  # ships it with the server, which is not started.
+  command -v promtool >/dev/null || missing+=(prometheus)
   # cargo builds librdkafka from source (rdkafka-sys: ./configure, make, a C compiler).
   { command -v cc && command -v make; } >/dev/null || missing+=(build-essential)
   # scripts/test.sh makes a venv for its schema checks: Debian's python3 needs python3-venv.
@@ -238,6 +242,8 @@ inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
+# A week of events, as the services set on the feedback topic they create.
+log.retention.hours=168
 num.partitions=6
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=6
@@ -347,6 +353,11 @@ case ${1:-} in
   down)
     for name in kafka redis mysql; do stop_one "$name"; done
     ;;
+  jars)
+    # Kafka's jars alone (scripts/compose-check.sh builds its Kafka image from them).
+    install_packages
+    install_kafka
+    ;;
   status)
     status_all
     ;;
@@ -364,7 +375,7 @@ case ${1:-} in
     stop_one "$2" KILL
     ;;
   *)
-    echo "usage: $0 up|down|status | start|stop|kill kafka|redis|mysql" >&2
+    echo "usage: $0 up|down|status|jars | start|stop|kill kafka|redis|mysql" >&2
     exit 2
     ;;
 esac

@@ -22,6 +22,9 @@ if [[ ! -x $VENV/bin/check-jsonschema ]]; then
 fi
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
 
+step "monitoring: Prometheus config, alert rules and their unit tests, dashboard queries"
+scripts/lib/check-monitoring.sh
+
 step "schemas/openapi.yaml against the OpenAPI 3.1 schema"
 if [[ ! -x $VENV/bin/openapi-spec-validator ]]; then
   "$VENV/bin/pip" install -q openapi-spec-validator
