@@ -12,7 +12,7 @@ use rdkafka::util::Timeout;
 /// The most of a poison message's payload and key a dead letter carries.
 /// A broker takes about 1 MiB per message by default (and librdkafka sends
 /// at most 1,000,000 bytes): a poison message near that size, with the
-/// headers added, would not fit, and was skipped after five tries. Longer
+/// headers added, would not fit, and be skipped after five tries. Longer
 /// ones are cut, saying so and their full length in `x-dlq-truncated`; the
 /// whole message stays in the topic at its partition and offset.
 pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;
@@ -70,8 +70,6 @@ impl DeadLetters {
 
     /// Sends `poison` to the dead-letter topic, retrying a few times.
     pub async fn send(&self, poison: &Poison) {
-        let partition = poison.partition.to_string();
-        let offset = poison.offset.to_string();
         let payload = &poison.payload[..poison.payload.len().min(MAX_DLQ_PAYLOAD)];
         let key = poison
             .key
@@ -87,28 +85,9 @@ impl DeadLetters {
             )
         });
         for attempt in 1..=5 {
-            let mut headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "x-dlq-reason",
-                    value: Some(poison.reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: "x-original-partition",
-                    value: Some(partition.as_bytes()),
-                })
-                .insert(Header {
-                    key: "x-original-offset",
-                    value: Some(offset.as_bytes()),
-                });
-            if let Some(truncated) = &truncated {
-                headers = headers.insert(Header {
-                    key: "x-dlq-truncated",
-                    value: Some(truncated.as_bytes()),
-                });
-            }
             let mut record = FutureRecord::to(&self.topic)
                 .payload(payload)
-                .headers(headers);
+                .headers(headers(poison, truncated.as_deref()));
             if let Some(key) = key {
                 record = record.key(key);
             }
@@ -134,6 +113,33 @@ impl DeadLetters {
             "poison message could not be dead-lettered; skipped"
         );
         metrics::counter!("aggregator_dlq_failed_total").increment(1);
+    }
+}
+
+/// A dead letter's headers: why, where the message was, and (`truncated`)
+/// how long it was when it had to be cut.
+fn headers(poison: &Poison, truncated: Option<&str>) -> OwnedHeaders {
+    let partition = poison.partition.to_string();
+    let offset = poison.offset.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "x-dlq-reason",
+            value: Some(poison.reason.as_bytes()),
+        })
+        .insert(Header {
+            key: "x-original-partition",
+            value: Some(partition.as_bytes()),
+        })
+        .insert(Header {
+            key: "x-original-offset",
+            value: Some(offset.as_bytes()),
+        });
+    match truncated {
+        Some(truncated) => headers.insert(Header {
+            key: "x-dlq-truncated",
+            value: Some(truncated.as_bytes()),
+        }),
+        None => headers,
     }
 }
 

@@ -1,16 +1,27 @@
 //! Aggregator: consumes `feedback.submitted` events from Kafka into MySQL and
 //! Redis with an exactly-once effect.
 //!
-//! Flow: `consumer.rs` joins the group and starts each assigned partition at
-//! the offset MySQL recorded; `worker.rs` routes each message to the lane of
-//! its partition, and each lane collects up to `FEEDBACK_BATCH_SIZE` messages
-//! or waits `FEEDBACK_BATCH_LINGER_MS`, decodes them (poison goes to the DLQ,
-//! `dlq.rs`), and `sink.rs` commits the batch to MySQL in one transaction
-//! (history, counting rule via `counting.rs`, course stats with versions,
-//! offsets). Then the lane queues the per-course deltas, which one task of
-//! `cache.rs` applies to Redis in order, and the offsets are committed to
-//! Kafka (advisory only). `FEEDBACK_SINK_LANES`
-//! lanes commit concurrently, each for its own share of the partitions.
+//! Flow, file by file:
+//! - `consumer/`: joins the group and starts each assigned partition at the
+//!   offset MySQL recorded (`consumer/start_offsets.rs` claims and reads
+//!   those offsets, on a runtime of its own, from librdkafka's callback).
+//! - `worker/`: the router (`router.rs`) hands each message to the lane of
+//!   its partition; each lane (`lane.rs`) collects up to
+//!   `FEEDBACK_BATCH_SIZE` messages or waits `FEEDBACK_BATCH_LINGER_MS`,
+//!   decodes them (poison goes to the DLQ, `dlq.rs`) and has the sink
+//!   commit them. `FEEDBACK_SINK_LANES` lanes commit concurrently, each for
+//!   its own share of the partitions.
+//! - `sink/`: commits a batch to MySQL in one transaction, one file per
+//!   step: the courses' rows locked (`stats.rs`), the history
+//!   (`history.rs`), the current rows under the counting rule (`current.rs`
+//!   and `counting.rs`), the course stats with their versions (`stats.rs`)
+//!   and the offsets (`offsets.rs`).
+//! - `redis_view.rs`: one task applies the lanes' queued per-course deltas to
+//!   the Redis hashes in order; a reconciler repairs hashes that lag.
+//! - `worker/advisory.rs`: the offsets, committed to Kafka once a second
+//!   (advisory only).
+//! - `steps.rs` times each step of a batch; `health.rs` serves `/readyz`;
+//!   `config.rs` reads the settings.
 //!
 //! Failure modes: Kafka delivers at least once, so a redelivered offset or a
 //! duplicate `feedback_id` changes nothing (the sink skips it). MySQL down:
@@ -19,75 +30,46 @@
 //! committing, touched courses are repaired when Redis answers; a reconciler
 //! repairs lagging hashes.
 
-pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod counting;
 pub mod dlq;
+mod health;
+pub mod redis_view;
 pub mod sink;
+mod steps;
 mod worker;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use cache::CacheWriter;
 pub use config::Config;
 use consumer::{AggregatorConsumer, Rebalanced};
 use dlq::DeadLetters;
-
-/// What `/readyz` reports.
-#[derive(Default)]
-pub struct Health {
-    /// Lanes retrying a commit because MySQL is unreachable.
-    failing_lanes: AtomicUsize,
-    assigned: AtomicUsize,
-}
-
-impl Health {
-    pub(crate) fn sink_up(&self) -> bool {
-        self.failing_lanes.load(Ordering::Relaxed) == 0
-    }
-}
+use health::{Health, Probes};
+use redis_view::RedisView;
+use worker::{AdvisoryCommits, Worker};
 
 /// A built aggregator: listener bound, migrations run, consumer subscribed.
 pub struct Application {
     listener: TcpListener,
     config: Config,
     consumer: AggregatorConsumer,
+    /// What the rebalance callback reports, for the router.
     rebalances: mpsc::UnboundedReceiver<Rebalanced>,
     pool: mysql_async::Pool,
-    cache: Arc<CacheWriter>,
+    redis: Arc<RedisView>,
     dead_letters: DeadLetters,
     health: Arc<Health>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        shared::metrics::install();
-        shared::metrics::show_counters(&[
-            ("aggregator_events_applied_total", &[]),
-            ("aggregator_duplicates_skipped_total", &[]),
-            ("aggregator_dlq_total", &[]),
-            ("aggregator_dlq_failed_total", &[]),
-            ("aggregator_rebalances_total", &[]),
-            ("aggregator_redelivered_batches_total", &[]),
-            ("aggregator_offsets_rewound_total", &[]),
-            ("aggregator_redis_invalidations_total", &[]),
-            ("aggregator_redis_repairs_total", &[("reason", "outage")]),
-            ("aggregator_redis_repairs_total", &[("reason", "reconcile")]),
-            ("aggregator_sink_conflicts_total", &[]),
-            ("aggregator_sink_failures_total", &[]),
-        ]);
+        install_metrics();
         shared::db::migrate(&config.mysql_url).await?;
         let pool = shared::db::pool(&config.mysql_url)?;
         shared::kafka::ensure_topic(
@@ -101,7 +83,7 @@ impl Application {
         // Dead letters stay until an operator has dealt with them: each is
         // feedback that was accepted and is not counted yet.
         shared::kafka::ensure_topic(&config.brokers, dead_letters.topic(), 1, None).await?;
-        let cache = Arc::new(CacheWriter::new(
+        let redis = Arc::new(RedisView::new(
             &config.redis_url,
             pool.clone(),
             config.cache_ttl_secs,
@@ -122,7 +104,7 @@ impl Application {
             consumer,
             rebalances,
             pool,
-            cache,
+            redis,
             dead_letters,
             health,
         })
@@ -147,52 +129,39 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         tracing::info!(addr = %self.listener.local_addr()?, topic = %self.config.topic, group = %self.config.group, "aggregator running");
-        let routes = Router::new()
-            .route("/readyz", get(readyz))
-            .merge(shared::http::health_routes());
-        // The fallbacks before the layers: a 404 or 405 counts in the metrics too.
-        let app = shared::http::fallbacks(routes)
-            .layer(shared::http::catch_panic())
-            .layer(axum::middleware::from_fn(shared::http::track_metrics))
-            .with_state(Probes {
-                health: self.health.clone(),
-                cache: self.cache.clone(),
-                pool: self.pool.clone(),
-            });
+        let probes = Probes {
+            health: self.health.clone(),
+            redis: self.redis.clone(),
+            pool: self.pool.clone(),
+        };
         let server = tokio::spawn(shared::http::serve(
             self.listener,
-            app,
+            health::app(probes),
             stopped(stop_rx.clone()),
         ));
-        let reconciler = tokio::spawn(reconcile_loop(
-            self.cache.clone(),
+        let reconciler = tokio::spawn(self.redis.clone().keep_repaired(
             self.config.reconcile_interval,
             self.config.reconcile_window,
             stopped(stop_rx.clone()),
         ));
 
         let pool = self.pool.clone();
-        let shared = Arc::new(worker::Shared {
+        let worker = Arc::new(Worker {
             config: self.config,
             consumer: self.consumer,
             pool: self.pool,
-            cache: self.cache,
+            redis: self.redis,
             dead_letters: self.dead_letters,
             health: self.health,
-            advisory: worker::AdvisoryCommits::default(),
+            advisory: AdvisoryCommits::default(),
         });
-        // The router runs on a worker thread, not on the thread that blocks on
-        // main: its sends then wake the lanes through the worker's own queue.
-        let router = tokio::spawn(worker::run(shared.clone(), self.rebalances, stop_rx));
-        match router.await {
-            Ok(()) => {}
-            // A panic ends the process, as it did when the router ran on main
-            // (logging it and going on would leave a member that consumes nothing).
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => anyhow::bail!("the router was cancelled: {err}"),
-        }
-        shared.consumer.unsubscribe();
-        drop(shared); // the lanes are done: this closes the consumer, leaving the group at once
+        // The router runs on a runtime worker thread, not on the thread that
+        // blocks on main: its sends then wake the lanes through that thread's
+        // own queue.
+        let router = tokio::spawn(worker::run(worker.clone(), self.rebalances, stop_rx));
+        router_ended(router.await)?;
+        worker.consumer.unsubscribe();
+        drop(worker); // the lanes are done: this closes the consumer, leaving the group at once
         let _ = reconciler.await;
         let _ = server.await;
         pool.disconnect().await.ok();
@@ -201,68 +170,32 @@ impl Application {
     }
 }
 
-/// Repairs Redis: courses touched while it was down, then every `interval`
-/// the courses changed within `window` (the first pass at start covers a
-/// crash between a MySQL commit and its Redis update).
-async fn reconcile_loop(
-    cache: Arc<CacheWriter>,
-    interval: Duration,
-    window: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
-        }
-        if cache.dirty_count() > 0 {
-            cache.repair_dirty().await;
-        }
-        match cache.reconcile(window).await {
-            Ok(0) => {}
-            Ok(repaired) => tracing::info!(repaired, "reconciler repaired lagging Redis hashes"),
-            Err(err) => tracing::debug!(%err, "reconcile pass skipped"),
-        }
+/// How the router's task ended: a panic ends the process (logging it and
+/// going on would leave a member that consumes nothing).
+fn router_ended(ended: Result<(), tokio::task::JoinError>) -> anyhow::Result<()> {
+    match ended {
+        Ok(()) => Ok(()),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(anyhow::Error::new(err).context("the router was cancelled")),
     }
 }
 
-/// What `/readyz` looks at.
-#[derive(Clone)]
-struct Probes {
-    health: Arc<Health>,
-    cache: Arc<CacheWriter>,
-    pool: mysql_async::Pool,
-}
-
-/// How long `/readyz` waits for MySQL to answer a ping.
-const MYSQL_PROBE: Duration = Duration::from_secs(1);
-
-/// 200 while the sink can commit: no lane is retrying a commit, and MySQL
-/// answers a ping (so an idle aggregator reports a MySQL outage too).
-async fn readyz(State(probes): State<Probes>) -> Response {
-    let (health, cache) = (&probes.health, &probes.cache);
-    let lanes_retrying = health.failing_lanes.load(Ordering::Relaxed);
-    // In a task of its own: a ping cut off by the timeout would leave its
-    // connection with an unread answer; the task finishes it instead.
-    let pool = probes.pool.clone();
-    // (Bounded too, so probes during a long outage do not pile up.)
-    let ping = tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
-        use mysql_async::prelude::Queryable;
-        pool.get_conn().await?.ping().await
-    }));
-    let answers = tokio::time::timeout(MYSQL_PROBE, ping)
-        .await
-        .is_ok_and(|joined| joined.is_ok_and(|bounded| bounded.is_ok_and(|p| p.is_ok())));
-    let sink_up = health.sink_up() && answers;
-    shared::http::readiness(
-        sink_up,
-        serde_json::json!({
-            "mysql": { "up": sink_up, "answers": answers, "lanes_retrying": lanes_retrying },
-            "redis": { "up": cache.is_up(), "courses_to_repair": cache.dirty_count() },
-            "kafka": { "assigned_partitions": health.assigned.load(Ordering::Relaxed) },
-        }),
-    )
+/// Installs the metrics recorder, with every counter shown from the start
+/// (at 0 until its first increment).
+fn install_metrics() {
+    shared::metrics::install();
+    shared::metrics::show_counters(&[
+        ("aggregator_events_applied_total", &[]),
+        ("aggregator_duplicates_skipped_total", &[]),
+        ("aggregator_dlq_total", &[]),
+        ("aggregator_dlq_failed_total", &[]),
+        ("aggregator_rebalances_total", &[]),
+        ("aggregator_redelivered_batches_total", &[]),
+        ("aggregator_offsets_rewound_total", &[]),
+        ("aggregator_redis_invalidations_total", &[]),
+        ("aggregator_redis_repairs_total", &[("reason", "outage")]),
+        ("aggregator_redis_repairs_total", &[("reason", "reconcile")]),
+        ("aggregator_sink_conflicts_total", &[]),
+        ("aggregator_sink_failures_total", &[]),
+    ]);
 }

@@ -1,7 +1,6 @@
-// jemalloc, as in ingest and query: glibc's malloc showed up in every thread
-// here too (malloc_consolidate on the router, _int_malloc in librdkafka's
-// fetch parsing). Drain ratio in 3 interleaved pairs of `scripts/bench.sh
-// aggregator`: 0.44, 0.42, 0.46 against 0.42, 0.41, 0.39 with glibc.
+// jemalloc, as in ingest and query: with glibc's malloc, allocation is a hot
+// spot on every thread here too (malloc_consolidate on the router,
+// _int_malloc in librdkafka's fetch parsing).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

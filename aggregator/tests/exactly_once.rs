@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aggregator::consumer::start_offsets::claim_offsets;
 use aggregator::sink::{self, Received};
 use common::*;
 use mysql_async::prelude::Queryable;
@@ -232,7 +233,7 @@ async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the
     // Three students, each one's first rating of course CS000.
     let first = random_events(11, 3, 1, 1_000_000);
     let (received, consumed) = batch(&first, 0);
-    let committed = sink::commit(&pool, &scenario.topic, &received, &consumed)
+    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert_eq!(committed.applied, 3);
@@ -253,7 +254,7 @@ async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the
     let fourth = random_events(12, 1, 1, 1_000_000).remove(0);
     let second = vec![later.clone(), earlier, fourth.clone()];
     let (received, consumed) = batch(&second, 3);
-    let committed = sink::commit(&pool, &scenario.topic, &received, &consumed)
+    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert_eq!(committed.applied, 3, "all three are new to the history");
@@ -287,7 +288,7 @@ async fn a_batch_committed_twice_is_applied_once() {
     let events = random_events(4, 150, 3, 40);
     let (received, consumed) = batch(&events, 0);
 
-    let first = sink::commit(&pool, &scenario.topic, &received, &consumed)
+    let first = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert_eq!(first.applied, 150);
@@ -299,7 +300,7 @@ async fn a_batch_committed_twice_is_applied_once() {
             .collect::<Vec<_>>(),
         vec![(0, 1); 3]
     );
-    let again = sink::commit(&pool, &scenario.topic, &received, &consumed)
+    let again = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert_eq!(
@@ -311,7 +312,7 @@ async fn a_batch_committed_twice_is_applied_once() {
 
     // The same events at new offsets (a replayed spool): duplicates by feedback_id.
     let (replayed, consumed) = batch(&events, 150);
-    let third = sink::commit(&pool, &scenario.topic, &replayed, &consumed)
+    let third = sink::commit_batch(&pool, &scenario.topic, &replayed, &consumed)
         .await
         .unwrap();
     assert_eq!(
@@ -346,20 +347,18 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     shared::db::migrate(&scenario.mysql_url).await.unwrap();
     let pool = shared::db::pool(&scenario.mysql_url).unwrap();
     // As at a partition's assignment: its offset row exists.
-    sink::claim_offsets(&pool, &scenario.topic, &[0])
-        .await
-        .unwrap();
+    claim_offsets(&pool, &scenario.topic, &[0]).await.unwrap();
     let events = random_events(11, 250, 3, 60);
 
     let (first, consumed) = batch(&events[..100], 0);
-    let first = sink::commit(&pool, &scenario.topic, &first, &consumed)
+    let first = sink::commit_batch(&pool, &scenario.topic, &first, &consumed)
         .await
         .unwrap();
     assert_eq!((first.applied, first.duplicates), (100, 0));
 
     // Offsets 50 to 149: 50 to 99 were recorded by the first batch.
     let (overlapping, consumed) = batch(&events[100..200], 50);
-    let second = sink::commit(&pool, &scenario.topic, &overlapping, &consumed)
+    let second = sink::commit_batch(&pool, &scenario.topic, &overlapping, &consumed)
         .await
         .unwrap();
     assert_eq!(
@@ -369,7 +368,7 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     );
 
     let (next, consumed) = batch(&events[200..], 150);
-    let third = sink::commit(&pool, &scenario.topic, &next, &consumed)
+    let third = sink::commit_batch(&pool, &scenario.topic, &next, &consumed)
         .await
         .unwrap();
     assert_eq!((third.applied, third.duplicates), (50, 0));
@@ -402,7 +401,7 @@ async fn commit_retrying(
 ) -> usize {
     let mut conflicts = 0;
     loop {
-        match sink::commit(pool, topic, received, consumed).await {
+        match sink::commit_batch(pool, topic, received, consumed).await {
             Ok(_) => return conflicts,
             Err(sink::SinkError::Conflict(_)) => conflicts += 1,
             Err(err) => panic!("commit failed: {err}"),
@@ -454,7 +453,7 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
     let pool = scenario.mysql().await;
     let events = random_events(5, 200, 4, 60);
     let (received, consumed) = batch(&events[..100], 0);
-    sink::commit(&pool, &scenario.topic, &received, &consumed)
+    sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert_eq!(
@@ -465,7 +464,7 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
 
     // The next batch reaches MySQL, and the process dies before Redis hears of it.
     let (received, consumed) = batch(&events[100..], 100);
-    let lost = sink::commit(&pool, &scenario.topic, &received, &consumed)
+    let lost = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
         .await
         .unwrap();
     assert!(lost.deltas.iter().all(|d| d.to_version == 2));
@@ -501,8 +500,8 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     bad_schema["rating"] = serde_json::json!(9);
     let mut bad_version = serde_json::to_value(&good[1]).unwrap();
     bad_version["version"] = serde_json::json!(2);
-    // In UTC past the year 9999: converting it panicked a lane, and the
-    // restarted aggregator met it again (a crash loop).
+    // In UTC past the year 9999: converting it must not panic a lane, or
+    // the restarted aggregator would meet it again (a crash loop).
     let mut bad_time = serde_json::to_value(&good[2]).unwrap();
     bad_time["submitted_at"] = serde_json::json!("9999-12-31T23:30:00-01:00");
     let mut messages: Vec<(String, Vec<u8>)> = good[..10]
@@ -514,7 +513,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_never_block_their_parti
     messages.push((key.clone(), serde_json::to_vec(&bad_version).unwrap()));
     messages.push((key.clone(), serde_json::to_vec(&bad_time).unwrap()));
     // Near the broker's limit: with the dead letter's headers it would not
-    // fit (it was skipped); it goes cut, saying so.
+    // fit; it goes cut, saying so.
     let huge = vec![b'x'; 1_040_000];
     messages.push((key.clone(), huge.clone()));
     // Valid JSON with a field the schema does not know, named with 600,000
@@ -622,7 +621,7 @@ async fn dlq_headers(topic: &str, count: usize, name: &str) -> Vec<Option<String
 
 /// The next offsets MySQL records for `scenario`'s topic, by partition.
 async fn mysql_offsets(pool: &mysql_async::Pool, scenario: &Scenario) -> BTreeMap<i32, i64> {
-    sink::claim_offsets(pool, &scenario.topic, &[])
+    claim_offsets(pool, &scenario.topic, &[])
         .await
         .unwrap()
         .into_iter()
@@ -695,7 +694,7 @@ async fn offsets_recorded_past_the_end_of_a_lost_log_are_moved_back_and_nothing_
     shared::db::migrate(&scenario.mysql_url).await.unwrap();
     let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
     let partitions: Vec<i32> = (0..shared::kafka::PARTITIONS).collect();
-    sink::claim_offsets(&pool, &scenario.topic, &partitions)
+    claim_offsets(&pool, &scenario.topic, &partitions)
         .await
         .unwrap();
     {

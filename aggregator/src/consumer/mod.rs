@@ -3,11 +3,14 @@
 //! MySQL's `consumer_offsets` is the record of progress. On every partition
 //! assignment the rebalance callback reads it and starts each partition at
 //! the offset MySQL recorded (the beginning when MySQL has none), so Kafka's
-//! own commits are only advisory. Revocations are passed to the batch loop,
-//! which drops what it buffered for partitions it no longer owns.
+//! own commits are only advisory (`start_offsets.rs` reads and claims those
+//! offsets). Revocations are passed to the batch loop, which drops what it
+//! buffered for partitions it no longer owns.
+
+pub mod start_offsets;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::client::ClientContext;
@@ -18,6 +21,8 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Offset;
 use tokio::sync::mpsc::UnboundedSender;
+
+use start_offsets::{claim_offsets_blocking, rewind_offset_blocking};
 
 /// What the batch loop must know about a rebalance.
 #[derive(Debug)]
@@ -123,29 +128,12 @@ impl AggregatorContext {
         assigned: &[i32],
         stored: &mut HashMap<i32, i64>,
     ) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         for partition in assigned {
             let Some(next) = stored.get_mut(partition) else {
                 continue;
             };
-            let mut watermarks = None;
-            for _ in 0..3 {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match consumer.fetch_watermarks(
-                    &self.topic,
-                    *partition,
-                    left.min(Duration::from_secs(3)),
-                ) {
-                    Ok(found) => {
-                        watermarks = Some(found);
-                        break;
-                    }
-                    Err(err) => tracing::warn!(partition, %err, "reading the partition's log end"),
-                }
-            }
+            let watermarks = self.watermarks(consumer, *partition, deadline);
             let Some((low, high)) = watermarks else {
                 tracing::error!(
                     partition,
@@ -181,61 +169,30 @@ impl AggregatorContext {
             }
         }
     }
-}
 
-/// Runs `work` on MySQL from inside librdkafka's callback: on a thread of its
-/// own with its own small runtime and pool, so it never blocks or re-enters
-/// the service's; at most 5 s.
-fn mysql_blocking<T, F, Fut>(mysql_url: &str, what: &'static str, work: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(mysql_async::Pool) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, crate::sink::SinkError>>,
-{
-    let url = mysql_url.to_owned();
-    std::thread::spawn(move || -> anyhow::Result<T> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let pool = shared::db::pool(&url)?;
-            let result = tokio::time::timeout(Duration::from_secs(5), work(pool.clone()))
-                .await
-                .map_err(|_| anyhow::anyhow!("timed out {what}"))?
-                .map_err(anyhow::Error::from);
-            let _ = pool.disconnect().await;
-            result
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the MySQL thread panicked"))?
-}
-
-/// Reads MySQL's offsets (`sink::claim_offsets`).
-fn claim_offsets_blocking(
-    mysql_url: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> anyhow::Result<HashMap<i32, i64>> {
-    let topic = topic.to_owned();
-    let partitions = partitions.to_vec();
-    mysql_blocking(mysql_url, "reading offsets", move |pool| async move {
-        crate::sink::claim_offsets(&pool, &topic, &partitions).await
-    })
-}
-
-/// Moves a partition's recorded offset back (`sink::rewind_offset`).
-fn rewind_offset_blocking(
-    mysql_url: &str,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<()> {
-    let topic = topic.to_owned();
-    mysql_blocking(mysql_url, "moving an offset back", move |pool| async move {
-        crate::sink::rewind_offset(&pool, &topic, partition, from, to).await
-    })
+    /// `partition`'s log start and end, with up to three tries before `deadline`.
+    fn watermarks(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+        deadline: Instant,
+    ) -> Option<(i64, i64)> {
+        for _ in 0..3 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match consumer.fetch_watermarks(
+                &self.topic,
+                partition,
+                left.min(Duration::from_secs(3)),
+            ) {
+                Ok(found) => return Some(found),
+                Err(err) => tracing::warn!(partition, %err, "reading the partition's log end"),
+            }
+        }
+        None
+    }
 }
 
 /// Creates the consumer and subscribes to `topic`.

@@ -13,6 +13,7 @@
 //! commit and the Redis update, and a crash while Redis was down).
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,11 +26,11 @@ use shared::db::{stats_columns, StatsColumns, StatsRow};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::sink::Steps;
+use crate::steps::Steps;
 
 /// Committed batches waiting for Redis before a lane's next send waits
-/// (a few hundred milliseconds of a full-speed drain; while Redis is known
-/// down, applying only remembers the courses, so the queue keeps moving).
+/// (while Redis is known down, applying only remembers the courses, so the
+/// queue keeps moving).
 const QUEUED_BATCHES: usize = 64;
 
 /// The most deltas one script call applies when batches have queued up.
@@ -39,7 +40,8 @@ const DELTAS_PER_CALL: usize = 500;
 #[derive(Clone)]
 pub struct DeltaQueue {
     tx: mpsc::Sender<Vec<Delta>>,
-    writer: Arc<CacheWriter>,
+    /// Applies a batch itself when the applying task is gone.
+    view: Arc<RedisView>,
 }
 
 impl DeltaQueue {
@@ -51,16 +53,20 @@ impl DeltaQueue {
         if let Err(mpsc::error::SendError(deltas)) = self.tx.send(deltas).await {
             // The applying task is gone (it panicked: a bug, resumed when the
             // worker ends); apply here so no committed batch skips Redis.
-            self.writer.apply(&deltas).await;
+            self.view.apply(&deltas).await;
         }
     }
 }
 
-pub struct CacheWriter {
+/// The Redis hashes of the course stats as the aggregator writes them:
+/// deltas after each commit, refills from MySQL where they could not go.
+pub struct RedisView {
     redis: ConnectionManager,
+    /// The Lua scripts that apply deltas and fills, guarded by versions.
     scripts: Scripts,
+    /// MySQL, where refills read a course's numbers.
     pool: Pool,
-    /// TTL of hashes this writer fills.
+    /// TTL of hashes this view fills.
     ttl_secs: u64,
     /// Courses whose deltas could not reach Redis.
     dirty: Mutex<BTreeSet<String>>,
@@ -68,7 +74,7 @@ pub struct CacheWriter {
     up: AtomicBool,
 }
 
-impl CacheWriter {
+impl RedisView {
     pub fn new(redis_url: &str, pool: Pool, ttl_secs: u64) -> anyhow::Result<Self> {
         Ok(Self {
             redis: shared::cache::connect(redis_url, Duration::from_millis(500))?,
@@ -84,7 +90,7 @@ impl CacheWriter {
     /// clone of the returned queue is dropped and what they queued is applied.
     pub fn spawn_queue(self: &Arc<Self>) -> (DeltaQueue, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Vec<Delta>>(QUEUED_BATCHES);
-        let writer = self.clone();
+        let view = self.clone();
         let task = tokio::spawn(async move {
             let mut deltas = Vec::new();
             while let Some(batch) = rx.recv().await {
@@ -98,7 +104,7 @@ impl CacheWriter {
                     }
                 }
                 let mut steps = Steps::start();
-                writer.apply(&deltas).await;
+                view.apply(&deltas).await;
                 steps.lap("redis");
                 deltas.clear();
             }
@@ -106,7 +112,7 @@ impl CacheWriter {
         (
             DeltaQueue {
                 tx,
-                writer: self.clone(),
+                view: self.clone(),
             },
             task,
         )
@@ -168,6 +174,36 @@ impl CacheWriter {
             }
         }
         metrics::gauge!("aggregator_redis_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Repairs Redis until `stop`: courses touched while it was down, then
+    /// every `interval` the courses changed within `window` (the first pass
+    /// at start covers a crash between a MySQL commit and its Redis update).
+    pub async fn keep_repaired(
+        self: Arc<Self>,
+        interval: Duration,
+        window: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            if self.dirty_count() > 0 {
+                self.repair_dirty().await;
+            }
+            match self.reconcile(window).await {
+                Ok(0) => {}
+                Ok(repaired) => {
+                    tracing::info!(repaired, "reconciler repaired lagging Redis hashes")
+                }
+                Err(err) => tracing::debug!(%err, "reconcile pass skipped"),
+            }
+        }
     }
 
     /// Refills the courses remembered while Redis was down. Returns how many are left.
