@@ -9,7 +9,7 @@
 //! JSON (400), fields (400 wrong type, 422 missing or out of range), the
 //! sensitive-word policy (422 or masked), then the idempotency key's
 //! reservation, then delivery. A request without a valid token is answered
-//! 401 before the rate limits count it: a token costs microseconds to check.
+//! 401 before the rate limits count it: a token is cheap to check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::auth::Role;
 use shared::domain::{Comment, CourseId, Rating, StudentKey};
@@ -26,13 +27,23 @@ use shared::event::FeedbackSubmitted;
 use shared::http::ApiError;
 
 use crate::filter::{Filtered, Policy};
-use crate::idempotency::{self, Answer, Claim};
-use crate::pipeline::SubmitError;
-use crate::store::SpooledRecord;
+use crate::idempotency::{self, Claim};
+use crate::pipeline::Outcome;
+use crate::record::KafkaRecord;
 use crate::AppState;
 
 /// The largest accepted body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The reply to a submission taken (`202`), and what a retry with the same
+/// `Idempotency-Key` gets again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The event's id, the same for every retry with the key.
+    pub feedback_id: String,
+    /// `accepted` (Kafka has it) or `spooled` (on disk, delivered later).
+    pub status: Outcome,
+}
 
 /// The validated content of a submission.
 #[derive(Debug)]
@@ -75,16 +86,7 @@ pub async fn submit(
         submission.rating,
         submission.comment,
     );
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let record = SpooledRecord {
-        key: event.course_id.to_string(),
-        payload: event.to_json(),
-        request_id,
-    };
+    let record = KafkaRecord::of_event(&event, request_id(&headers));
     let feedback_id = event.feedback_id.to_string();
 
     let answer =
@@ -103,13 +105,22 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
+/// The id the request-id layer gave this request, carried into the Kafka header.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Reserves the student's `key`, delivers, and records the answer; or
 /// answers as the first request with the key did.
 async fn idempotent(
     state: &AppState,
     student: &StudentKey,
     key: &str,
-    record: SpooledRecord,
+    record: KafkaRecord,
     feedback_id: String,
 ) -> Result<Answer, ApiError> {
     match state
@@ -137,7 +148,7 @@ async fn idempotent(
 
 async fn deliver(
     state: &AppState,
-    record: SpooledRecord,
+    record: KafkaRecord,
     feedback_id: String,
 ) -> Result<Answer, ApiError> {
     match state.pipeline.submit(record).await {
@@ -145,7 +156,7 @@ async fn deliver(
             feedback_id,
             status,
         }),
-        Err(err @ SubmitError::SpoolFull) | Err(err @ SubmitError::Disk(_)) => {
+        Err(err) => {
             tracing::error!(%err, "submission refused: neither Kafka nor the spool can take it");
             Err(ApiError::unavailable(
                 "unavailable",

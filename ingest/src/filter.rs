@@ -72,7 +72,7 @@ impl SensitiveFilter {
                 continue;
             }
             // Written in Latin letters (`fuck`, `ＦＵＣＫ`), not merely folding to
-            // them: a Cyrillic `сука` (`cyka`) still matches anywhere, as before.
+            // them: a Cyrillic `сука` (`cyka`) still matches anywhere.
             latin.push(
                 normalised.is_ascii()
                     && word
@@ -446,7 +446,7 @@ mod tests {
         // CJK is not a letter of the word: English inside Chinese still matches.
         assert_eq!(masked("他说fuck了"), "他说****了");
         assert_eq!(masked("他说𝐟𝐮𝐜𝐤了"), "他说****了");
-        // A Cyrillic word on a list folds too, but matches anywhere, as before.
+        // A Cyrillic word on a list folds too, but matches anywhere.
         let filter = SensitiveFilter::from_words(["сука"]).unwrap();
         assert_eq!(filter.check("сукам"), Filtered::Masked("****м".into()));
         assert_eq!(filter.check("СУКА"), Filtered::Masked("****".into()));

@@ -1,7 +1,8 @@
 //! `Idempotency-Key`: the same key from the same student within the window
 //! (24 h) gets the same answer and the same `feedback_id`, and is counted once.
 //!
-//! The record lives in the sled store, so it survives a restart. A request
+//! The entry lives in the spool's sled database
+//! (`spool/idempotency_entries.rs`), so it survives a restart. A request
 //! reserves the key atomically (compare-and-swap) with its event before
 //! producing; a second request with the key waits for the first one's answer.
 //! A reservation left by a process that died is taken over: its stored event
@@ -14,23 +15,21 @@ use serde::{Deserialize, Serialize};
 use shared::domain::StudentKey;
 use shared::http::ApiError;
 
+use crate::feedback::Answer;
 use crate::pipeline::Outcome;
-use crate::store::{SpooledRecord, Store};
+use crate::record::KafkaRecord;
+use crate::spool::IdempotencyEntries;
 
 /// The longest accepted key.
 pub const MAX_KEY_LEN: usize = 128;
 /// How long a second request waits for the first one with the same key.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(15);
 
-/// The answer remembered for a key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub feedback_id: String,
-    pub status: Outcome,
-}
-
+/// What is remembered under a student's key. Its JSON is on disk, read back
+/// after a restart: the field names are the format.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
+pub struct Entry {
+    /// Given again to every retry, so the event is counted once.
     feedback_id: String,
     /// `None` while the first request is still submitting.
     status: Option<Outcome>,
@@ -39,25 +38,64 @@ struct Entry {
     /// The process that reserved it; another process's pending entry is an orphan.
     boot: String,
     /// The event, kept while pending so an orphan can be submitted again.
-    record: Option<SpooledRecord>,
+    record: Option<KafkaRecord>,
+}
+
+impl Entry {
+    /// The answer given, once the first request has one.
+    fn answer(&self) -> Option<Answer> {
+        self.status.map(|status| Answer {
+            feedback_id: self.feedback_id.clone(),
+            status,
+        })
+    }
+}
+
+/// Where a student's key is remembered: `{student_key}:{key}`, so another
+/// student's same key is another entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey(Vec<u8>);
+
+impl EntryKey {
+    fn new(student: &StudentKey, key: &str) -> Self {
+        Self(format!("{}:{key}", student.as_str()).into_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// What to do with a request that carries a key.
 pub enum Claim {
     /// Submit this record (ours, or an orphan's), then call [`Idempotency::finish`].
     Submit {
-        key: Vec<u8>,
-        record: SpooledRecord,
+        key: EntryKey,
+        record: KafkaRecord,
         feedback_id: String,
     },
     /// Answered before: answer the same again.
     Replay(Answer),
 }
 
+/// What a request does about the entry it found under its key.
+enum Step {
+    /// Answered before.
+    Replay(Answer),
+    /// The first request is still submitting: wait for its answer.
+    Wait,
+    /// Absent, expired or unreadable: reserve it afresh.
+    Reserve,
+    /// Pending in a process that died: reserve it again, with its event.
+    TakeOver(Entry, KafkaRecord),
+}
+
 pub struct Idempotency {
-    store: Store,
+    /// On disk, so answers and reservations outlive the process.
+    entries: IdempotencyEntries,
     /// Identifies this process's reservations.
     boot: String,
+    /// How long an answer is kept for retries.
     ttl: Duration,
 }
 
@@ -91,34 +129,25 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 impl Idempotency {
-    pub fn new(store: Store, ttl: Duration) -> Self {
+    pub fn new(entries: IdempotencyEntries, ttl: Duration) -> Self {
         Self {
-            store,
+            entries,
             boot: ulid::Ulid::new().to_string(),
             ttl,
         }
     }
 
-    fn tree(&self) -> &sled::Tree {
-        self.store.idempotency_tree()
-    }
-
     /// The answer already given to `student`'s `key` within the time kept,
     /// if any: a retry gets it before its rate limit is counted.
     pub fn answered(&self, student: &StudentKey, key: &str) -> Result<Option<Answer>, ApiError> {
-        let db_key = format!("{}:{key}", student.as_str());
-        let Some(value) = self.tree().get(db_key.as_bytes()).map_err(store_failed)? else {
-            return Ok(None);
-        };
-        let answer = serde_json::from_slice::<Entry>(&value)
-            .ok()
-            .filter(|entry| entry.created_at + self.ttl.as_secs() as i64 > now())
-            .and_then(|entry| {
-                entry.status.map(|status| Answer {
-                    feedback_id: entry.feedback_id,
-                    status,
-                })
-            });
+        let read = self
+            .entries
+            .get(&EntryKey::new(student, key))
+            .map_err(store_failed)?;
+        let answer = read
+            .entry()
+            .filter(|entry| self.is_live(entry))
+            .and_then(Entry::answer);
         if answer.is_some() {
             metrics::counter!("ingest_idempotent_replays_total").increment(1);
         }
@@ -130,80 +159,71 @@ impl Idempotency {
         &self,
         student: &StudentKey,
         key: &str,
-        record: SpooledRecord,
+        record: KafkaRecord,
         feedback_id: String,
     ) -> Result<Claim, ApiError> {
-        let db_key = format!("{}:{key}", student.as_str()).into_bytes();
+        let key = EntryKey::new(student, key);
         let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
         let mine = Entry {
-            feedback_id: feedback_id.clone(),
+            feedback_id,
             status: None,
             created_at: now(),
             boot: self.boot.clone(),
             record: Some(record.clone()),
         };
         loop {
-            let current = self.tree().get(&db_key).map_err(store_failed)?;
-            let existing = current
-                .as_ref()
-                .and_then(|v| serde_json::from_slice::<Entry>(v).ok());
-            let takeover = match &existing {
-                Some(entry) if entry.created_at + self.ttl.as_secs() as i64 > now() => {
-                    match (&entry.status, &entry.record) {
-                        (Some(status), _) => {
-                            metrics::counter!("ingest_idempotent_replays_total").increment(1);
-                            return Ok(Claim::Replay(Answer {
-                                feedback_id: entry.feedback_id.clone(),
-                                status: *status,
-                            }));
-                        }
-                        (None, Some(record)) if entry.boot != self.boot => Some(Entry {
-                            boot: self.boot.clone(),
-                            ..entry.clone()
-                        })
-                        .map(|e| (e, record.clone())),
-                        (None, _) => {
-                            // The first request is still submitting: wait for its answer.
-                            if tokio::time::Instant::now() >= deadline {
-                                return Err(ApiError::new(
-                                StatusCode::CONFLICT,
-                                "idempotency_key_in_use",
-                                "a request with this Idempotency-Key is still being processed; retry shortly",
-                            )
-                            .with_header(axum::http::header::RETRY_AFTER, 1));
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
+            let read = self.entries.get(&key).map_err(store_failed)?;
+            let (entry, record) = match self.step(read.entry()) {
+                Step::Replay(answer) => {
+                    metrics::counter!("ingest_idempotent_replays_total").increment(1);
+                    return Ok(Claim::Replay(answer));
                 }
-                // Absent, expired or unreadable: reserve it afresh.
-                _ => None,
+                Step::Wait if tokio::time::Instant::now() >= deadline => return Err(in_use()),
+                Step::Wait => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Step::Reserve => (mine.clone(), record.clone()),
+                Step::TakeOver(orphan, its_record) => (orphan, its_record),
             };
-            let (entry, record, feedback_id) = match takeover {
-                Some((entry, record)) => {
-                    let id = entry.feedback_id.clone();
-                    (entry, record, id)
-                }
-                None => (mine.clone(), record.clone(), feedback_id.clone()),
-            };
-            let value = serde_json::to_vec(&entry).expect("entries serialise");
-            match self.tree().compare_and_swap(&db_key, current, Some(value)) {
-                Ok(Ok(())) => {
-                    return Ok(Claim::Submit {
-                        key: db_key,
-                        record,
-                        feedback_id,
-                    })
-                }
-                Ok(Err(_)) => continue, // Someone else changed it first: look again.
-                Err(e) => return Err(store_failed(e)),
+            let reserved = self.entries.swap(&key, &read, &entry);
+            if reserved.map_err(store_failed)? {
+                return Ok(Claim::Submit {
+                    key,
+                    record,
+                    feedback_id: entry.feedback_id,
+                });
             }
+            // Someone else changed it first: look again.
         }
     }
 
+    /// What a request does about `found` under its key.
+    fn step(&self, found: Option<&Entry>) -> Step {
+        let Some(entry) = found.filter(|entry| self.is_live(entry)) else {
+            return Step::Reserve;
+        };
+        if let Some(answer) = entry.answer() {
+            return Step::Replay(answer);
+        }
+        match &entry.record {
+            Some(record) if entry.boot != self.boot => Step::TakeOver(
+                Entry {
+                    boot: self.boot.clone(),
+                    ..entry.clone()
+                },
+                record.clone(),
+            ),
+            _ => Step::Wait,
+        }
+    }
+
+    fn is_live(&self, entry: &Entry) -> bool {
+        entry.created_at + self.ttl.as_secs() as i64 > now()
+    }
+
     /// Records the answer for a reserved key (durably, with the next group commit).
-    pub async fn finish(&self, key: Vec<u8>, answer: &Answer) {
+    pub async fn finish(&self, key: EntryKey, answer: &Answer) {
         let entry = Entry {
             feedback_id: answer.feedback_id.clone(),
             status: Some(answer.status),
@@ -211,36 +231,23 @@ impl Idempotency {
             boot: self.boot.clone(),
             record: None,
         };
-        let value = serde_json::to_vec(&entry).expect("entries serialise");
-        if let Err(err) = self.store.remember(key, value).await {
+        if let Err(err) = self.entries.put(key, &entry).await {
             tracing::error!(%err, "could not store an idempotency answer");
         }
     }
 
     /// Frees a reserved key after a failed submission, so a retry can try again.
-    pub fn release(&self, key: &[u8]) {
-        if let Err(err) = self.tree().remove(key) {
+    pub fn release(&self, key: &EntryKey) {
+        if let Err(err) = self.entries.remove(key) {
             tracing::error!(%err, "could not release an idempotency key");
         }
     }
 
-    /// Removes expired entries; returns how many.
+    /// Removes expired entries (and unreadable ones); returns how many.
     pub fn prune(&self) -> usize {
         let cutoff = now() - self.ttl.as_secs() as i64;
-        let mut removed = 0;
-        for (key, value) in self.tree().iter().flatten() {
-            let expired =
-                serde_json::from_slice::<Entry>(&value).map_or(true, |e| e.created_at < cutoff);
-            if expired
-                && self
-                    .tree()
-                    .compare_and_swap(&key, Some(value), None::<&[u8]>)
-                    .is_ok_and(|r| r.is_ok())
-            {
-                removed += 1;
-            }
-        }
-        removed
+        self.entries
+            .remove_where(|entry| entry.is_none_or(|entry| entry.created_at < cutoff))
     }
 
     /// Prunes on a timer for as long as the process runs.
@@ -262,7 +269,17 @@ impl Idempotency {
     }
 }
 
-/// The local store failing (a disk fault): the contract's 503, never a 500.
+/// Another request with the key is still being answered after [`WAIT_FOR_FIRST`].
+fn in_use() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+    )
+    .with_header(axum::http::header::RETRY_AFTER, 1)
+}
+
+/// The spool's database failing (a disk fault): the contract's 503, never a 500.
 fn store_failed(err: sled::Error) -> ApiError {
     tracing::error!(%err, "the idempotency store failed");
     ApiError::unavailable(
@@ -279,10 +296,11 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::tempdir;
+    use crate::spool::tests::tempdir;
+    use crate::spool::Spool;
 
-    fn record(n: u8) -> SpooledRecord {
-        SpooledRecord {
+    fn record(n: u8) -> KafkaRecord {
+        KafkaRecord {
             key: "CS101".into(),
             payload: vec![n],
             request_id: format!("r{n}"),
@@ -310,9 +328,9 @@ mod tests {
     #[tokio::test]
     async fn a_finished_key_replays_and_an_orphan_is_taken_over_with_its_event() {
         let dir = tempdir();
-        let store = Store::open(&dir, 1 << 20).unwrap();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
         let student = StudentKey::derive(b"k", "alice");
-        let first = Idempotency::new(store.clone(), Duration::from_secs(3600));
+        let first = Idempotency::new(spool.idempotency_entries(), Duration::from_secs(3600));
 
         // A process reserves a key and dies before finishing.
         let Claim::Submit { .. } = first
@@ -323,7 +341,7 @@ mod tests {
             panic!("a new key is submitted")
         };
         // The next process finds the orphan and submits its event, with its feedback id.
-        let second = Idempotency::new(store.clone(), Duration::from_secs(3600));
+        let second = Idempotency::new(spool.idempotency_entries(), Duration::from_secs(3600));
         let Claim::Submit {
             key,
             record: again,
@@ -363,9 +381,9 @@ mod tests {
     #[tokio::test]
     async fn expired_entries_are_forgotten_and_pruned() {
         let dir = tempdir();
-        let store = Store::open(&dir, 1 << 20).unwrap();
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
         let student = StudentKey::derive(b"k", "alice");
-        let idem = Idempotency::new(store, Duration::ZERO);
+        let idem = Idempotency::new(spool.idempotency_entries(), Duration::ZERO);
         let Claim::Submit { key, .. } = idem
             .claim(&student, "k", record(1), "ID1".into())
             .await
@@ -390,5 +408,40 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(idem.prune(), 1);
+    }
+
+    #[test]
+    fn entries_keep_the_form_they_have_on_disk() {
+        let student = StudentKey::derive(b"k", "alice");
+        let key = EntryKey::new(&student, "k1");
+        assert_eq!(
+            key.as_bytes(),
+            format!("{}:k1", student.as_str()).as_bytes()
+        );
+        let pending = Entry {
+            feedback_id: "ID1".into(),
+            status: None,
+            created_at: 1_700_000_000,
+            boot: "B".into(),
+            record: Some(KafkaRecord {
+                key: "C1".into(),
+                payload: b"{}".to_vec(),
+                request_id: "r".into(),
+            }),
+        };
+        let json = concat!(
+            r#"{"feedback_id":"ID1","status":null,"created_at":1700000000,"boot":"B","#,
+            r#""record":{"key":"C1","payload":[123,125],"request_id":"r"}}"#
+        );
+        assert_eq!(serde_json::to_string(&pending).unwrap(), json);
+        let answered = Entry {
+            status: Some(Outcome::Spooled),
+            record: None,
+            ..pending
+        };
+        let json = r#"{"feedback_id":"ID1","status":"spooled","created_at":1700000000,"boot":"B","record":null}"#;
+        assert_eq!(serde_json::to_string(&answered).unwrap(), json);
+        let read: Entry = serde_json::from_str(json).unwrap();
+        assert_eq!(read.answer().map(|a| a.status), Some(Outcome::Spooled));
     }
 }

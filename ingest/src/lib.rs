@@ -1,16 +1,22 @@
 //! Ingest: takes students' feedback over HTTP and produces it to Kafka.
 //!
-//! Flow of one submission (`feedback.rs`): rate limits (`limits.rs`), the
-//! student's JWT (`shared::auth`), parsing into `CourseId`/`Rating`/`Comment`,
-//! the sensitive-word policy (`filter.rs`), the optional `Idempotency-Key`
-//! (`idempotency.rs`), then `pipeline.rs`: produce to Kafka keyed by
-//! `course_id` and answer `202 accepted` once the broker acknowledged.
+//! Flow of one submission (`feedback.rs`, which also holds the `202`
+//! reply): rate limits (`limits.rs`, per client address as `client_addr.rs`
+//! finds it), the student's JWT (`shared::auth`), parsing into
+//! `CourseId`/`Rating`/`Comment`, the sensitive-word policy (`filter.rs`), the
+//! optional `Idempotency-Key` (`idempotency.rs`), then the event becomes one
+//! `KafkaRecord` (`record.rs`) and `pipeline.rs` produces it to Kafka keyed by
+//! `course_id`, answering `202 accepted` once the broker acknowledged.
+//! Settings come from the environment (`config.rs`).
 //!
 //! Failure modes: when Kafka is down the circuit breaker (`shared::breaker`) opens
-//! and submissions go to the sled disk spool (`store.rs`), synced before the
-//! `202 spooled` answer; a drainer replays the spool in order when Kafka
-//! answers again, and on start after a crash. A full spool answers 503 with
-//! `Retry-After`: nothing accepted is dropped.
+//! and the record goes to the sled disk spool (`spool.rs`), synced before the
+//! `202 spooled` answer by a single writer that shares one sync among
+//! concurrent requests (`spool/writer.rs`); a drainer replays the spool in
+//! order when Kafka answers again, and on start after a crash. A full spool
+//! answers 503 with `Retry-After`: nothing accepted is dropped. The
+//! idempotency entries live in the same database, reached only through
+//! `spool/idempotency_entries.rs`, so they survive a restart too.
 
 pub mod client_addr;
 pub mod config;
@@ -19,13 +25,14 @@ pub mod filter;
 pub mod idempotency;
 pub mod limits;
 pub mod pipeline;
-pub mod store;
+pub mod record;
+pub mod spool;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,7 +46,7 @@ use idempotency::Idempotency;
 use limits::Limits;
 use pipeline::{Pipeline, PipelineConfig};
 use shared::auth::JwtKeys;
-use store::Store;
+use spool::Spool;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -56,12 +63,6 @@ pub struct AppState {
     pub idempotency: Arc<Idempotency>,
 }
 
-impl FromRef<AppState> for Arc<JwtKeys> {
-    fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
-    }
-}
-
 /// A built ingest: listener bound, spool open, producer created.
 pub struct Application {
     listener: TcpListener,
@@ -71,22 +72,12 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
-        shared::metrics::show_counters(&[
-            ("ingest_idempotent_replays_total", &[]),
-            ("ingest_producer_renewals_total", &[]),
-            ("ingest_rate_limited_total", &[("limit", "student")]),
-            ("ingest_rate_limited_total", &[("limit", "address")]),
-            ("ingest_sensitive_total", &[("action", "masked")]),
-            ("ingest_sensitive_total", &[("action", "rejected")]),
-            ("ingest_spool_full_total", &[]),
-            ("ingest_spool_replayed_total", &[]),
-            ("ingest_spool_unreadable_total", &[]),
-        ]);
+        show_counters();
         let filter = match &config.sensitive_words_file {
             Some(path) => SensitiveFilter::from_file(path)?,
             None => SensitiveFilter::from_words(config::DEFAULT_WORDS.lines())?,
         };
-        let store = Store::open_waiting(
+        let spool = Spool::open_waiting(
             &config.spool_dir,
             config.spool_max_bytes,
             Duration::from_secs(10),
@@ -99,14 +90,17 @@ impl Application {
                 delivery_timeout: config.delivery_timeout,
                 drain_batch: 500,
             },
-            store.clone(),
+            spool.clone(),
         )?;
         let limits = Limits::new(
             config.rate_limit_student_per_min,
             config.rate_limit_ip_per_min,
         );
         limits.spawn_pruner(Duration::from_secs(60));
-        let idempotency = Arc::new(Idempotency::new(store, config.idempotency_ttl));
+        let idempotency = Arc::new(Idempotency::new(
+            spool.idempotency_entries(),
+            config.idempotency_ttl,
+        ));
         idempotency.spawn_pruner(Duration::from_secs(600));
         let state = AppState {
             keys: Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?),
@@ -164,6 +158,21 @@ impl Application {
     }
 }
 
+/// Ingest's counters, shown at 0 from the start rather than at their first increment.
+fn show_counters() {
+    shared::metrics::show_counters(&[
+        ("ingest_idempotent_replays_total", &[]),
+        ("ingest_producer_renewals_total", &[]),
+        ("ingest_rate_limited_total", &[("limit", "student")]),
+        ("ingest_rate_limited_total", &[("limit", "address")]),
+        ("ingest_sensitive_total", &[("action", "masked")]),
+        ("ingest_sensitive_total", &[("action", "rejected")]),
+        ("ingest_spool_full_total", &[]),
+        ("ingest_spool_replayed_total", &[]),
+        ("ingest_spool_unreadable_total", &[]),
+    ]);
+}
+
 /// Creates the topic (6 partitions) once Kafka answers; ingest serves (and
 /// spools) meanwhile. With the configured brokers (it read the environment's),
 /// and holding nothing of the service (it held the spool open after a stop).
@@ -219,17 +228,17 @@ async fn form() -> Html<&'static str> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let pipeline = &state.pipeline;
     let breaker = pipeline.breaker.state();
-    let store = &pipeline.store;
-    let ready = pipeline.breaker.is_closed() || store.has_capacity();
+    let spool = &pipeline.spool;
+    let ready = pipeline.breaker.is_closed() || spool.has_capacity();
     shared::http::readiness(
         ready,
         serde_json::json!({
             "kafka": { "breaker": breaker.as_str(), "up": breaker == shared::breaker::State::Closed },
             "spool": {
-                "depth": store.depth(),
-                "bytes": store.bytes(),
-                "max_bytes": store.max_bytes(),
-                "has_capacity": store.has_capacity(),
+                "depth": spool.depth(),
+                "bytes": spool.bytes(),
+                "max_bytes": spool.max_bytes(),
+                "has_capacity": spool.has_capacity(),
             },
         }),
     )

@@ -2,20 +2,16 @@ use clap::{Parser, Subcommand};
 use shared::auth::{JwtKeys, Role};
 
 // jemalloc, not glibc's malloc: a request's buffers are allocated on one tokio
-// worker and often freed on the other (or on librdkafka's threads), and
-// glibc then locks the owning arena; under load its two workers made about
-// 1.5 futex calls per accepted submission on those locks. jemalloc's
-// thread caches take such frees without a lock: ingest's CPU per accepted
-// submission fell from 48-58 to 37-43 us (wrk with the bench's submit.lua at
-// 128 connections, CPU read from /proc).
+// worker and often freed on another (or on librdkafka's threads), and glibc
+// then locks the owning arena; jemalloc's thread caches take such frees
+// without a lock.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the
 /// environment still overrides them). Dirty pages go back to the kernel after
 /// 1 s instead of 10 s, so memory freed after a burst (the spool's, above all)
-/// leaves the resident set soon: it took 2-4 MiB off the peak RSS of the
-/// bench's spooled run (55-57 MiB against 58-59, with an 8 MiB sled cache).
+/// leaves the resident set soon.
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: &[u8; 20] = b"dirty_decay_ms:1000\0";
 

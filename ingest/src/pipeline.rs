@@ -22,7 +22,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::time::Instant;
 
-use crate::store::{SpooledRecord, Store, StoreError};
+use crate::record::KafkaRecord;
+use crate::spool::{Spool, SpoolError};
 use shared::breaker::Breaker;
 
 /// How a submission was taken.
@@ -35,13 +36,10 @@ pub enum Outcome {
     Spooled,
 }
 
+/// Kafka did not take a submission, and the spool refused it too.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("Kafka is unavailable and the spool is full")]
-    SpoolFull,
-    #[error("Kafka is unavailable and the spool failed: {0}")]
-    Disk(String),
-}
+#[error("Kafka is unavailable and {0}")]
+pub struct SubmitError(#[from] SpoolError);
 
 /// librdkafka's client context: cluster-wide trouble trips the breaker early,
 /// before deliveries time out.
@@ -78,18 +76,19 @@ pub struct Pipeline {
     /// Replaced after a fatal error (`renew_if_fatal`); cloning it is cheap.
     producer: RwLock<KafkaProducer>,
     pub breaker: Arc<Breaker>,
-    pub store: Store,
+    /// Where submissions wait while Kafka does not take them.
+    pub spool: Spool,
     config: PipelineConfig,
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, store: Store) -> anyhow::Result<Arc<Self>> {
+    pub fn new(config: PipelineConfig, spool: Spool) -> anyhow::Result<Arc<Self>> {
         let breaker = Arc::new(Breaker::new("Kafka", "ingest_breaker_state"));
         let producer = make_producer(&config, &breaker)?;
         Ok(Arc::new(Self {
             producer: RwLock::new(producer),
             breaker,
-            store,
+            spool,
             config,
         }))
     }
@@ -126,23 +125,9 @@ impl Pipeline {
 
     /// Takes `record` for delivery: to Kafka directly when it is healthy and
     /// nothing waits in the spool (order per course), else to the spool.
-    pub async fn submit(&self, record: SpooledRecord) -> Result<Outcome, SubmitError> {
-        if self.breaker.is_closed() && self.store.is_empty() {
-            let started = Instant::now();
-            // Created before enqueueing, so an opening during the wait is not missed.
-            let opened = self.breaker.opened();
-            let sent = match self.enqueue(&record) {
-                Ok(delivery) => tokio::select! {
-                    result = delivery => result.map_err(|_| KafkaError::Canceled).and_then(|r| r.map(|_| ()).map_err(|(e, _)| e)),
-                    // The breaker opened while we waited: stop waiting on a dead broker.
-                    // If the message is delivered after all, the aggregator drops the copy.
-                    _ = opened => Err(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)),
-                },
-                Err(e) => Err(e),
-            };
-            metrics::histogram!("ingest_produce_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            match sent {
+    pub async fn submit(&self, record: KafkaRecord) -> Result<Outcome, SubmitError> {
+        if self.breaker.is_closed() && self.spool.is_empty() {
+            match self.produce(&record).await {
                 Ok(()) => {
                     self.breaker.record_success();
                     return Ok(Outcome::Accepted);
@@ -153,15 +138,32 @@ impl Pipeline {
                 }
             }
         }
-        match self.store.append(record).await {
-            Ok(()) => Ok(Outcome::Spooled),
-            Err(StoreError::Full) => Err(SubmitError::SpoolFull),
-            Err(StoreError::Disk(e)) => Err(SubmitError::Disk(e)),
-        }
+        self.spool.append(record).await?;
+        Ok(Outcome::Spooled)
+    }
+
+    /// Produces `record` and waits for the broker's acknowledgement, or for
+    /// the breaker to open.
+    async fn produce(&self, record: &KafkaRecord) -> Result<(), KafkaError> {
+        let started = Instant::now();
+        // Created before enqueueing, so an opening during the wait is not missed.
+        let opened = self.breaker.opened();
+        let sent = match self.enqueue(record) {
+            Ok(delivery) => tokio::select! {
+                result = delivery => result.map_err(|_| KafkaError::Canceled).and_then(|r| r.map(|_| ()).map_err(|(e, _)| e)),
+                // The breaker opened while we waited: stop waiting on a dead broker.
+                // If the message is delivered after all, the aggregator drops the copy.
+                _ = opened => Err(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)),
+            },
+            Err(e) => Err(e),
+        };
+        metrics::histogram!("ingest_produce_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        sent
     }
 
     /// Hands `record` to librdkafka now (in call order); the future resolves on acknowledgement.
-    fn enqueue(&self, record: &SpooledRecord) -> Result<DeliveryFuture, KafkaError> {
+    fn enqueue(&self, record: &KafkaRecord) -> Result<DeliveryFuture, KafkaError> {
         let headers = OwnedHeaders::new().insert(Header {
             key: "x-request-id",
             value: Some(record.request_id.as_bytes()),
@@ -193,7 +195,7 @@ impl Pipeline {
                     Some(Duration::from_secs(1))
                 }
             };
-            let notified = self.store.spooled.notified();
+            let notified = self.spool.spooled.notified();
             tokio::select! {
                 _ = &mut stop => break,
                 _ = notified, if pause.is_none() => {}
@@ -203,7 +205,7 @@ impl Pipeline {
     }
 
     async fn drain_once(&self) -> anyhow::Result<Drained> {
-        if self.store.is_empty() {
+        if self.spool.is_empty() {
             return Ok(Drained::Empty);
         }
         self.renew_if_fatal();
@@ -217,11 +219,35 @@ impl Pipeline {
         // a failed one says why in the log.
         let probing = self.breaker.state() == shared::breaker::State::HalfOpen;
         let limit = if probing { 1 } else { self.config.drain_batch };
-        let batch = self.store.oldest(limit)?;
+        let batch = self.spool.oldest(limit)?;
+        let (delivered, failed) = self.send_in_order(&batch).await;
+        self.spool.forget(&delivered)?;
+        metrics::counter!("ingest_spool_replayed_total").increment(delivered.len() as u64);
+        if let Some(error) = failed {
+            if probing {
+                tracing::info!(%error, left = self.spool.depth(), "Kafka probe (the oldest spooled record) failed: the spool waits");
+            } else {
+                tracing::warn!(%error, delivered = delivered.len(), left = self.spool.depth(), "spool replay interrupted");
+            }
+            self.breaker.record_failure();
+            return Ok(Drained::Waiting(
+                self.breaker.until_probe().max(Duration::from_millis(200)),
+            ));
+        }
+        self.breaker.record_success();
+        if self.spool.is_empty() {
+            tracing::info!("spool drained: producing directly again");
+        }
+        Ok(Drained::Some)
+    }
+
+    /// Sends `batch` and waits for each acknowledgement: the sequence
+    /// numbers delivered, and the first error, if any.
+    async fn send_in_order(&self, batch: &[(u64, KafkaRecord)]) -> (Vec<u64>, Option<KafkaError>) {
         // Enqueue all in order first; the idempotent producer keeps that order per partition.
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut failed = None;
-        for (seq, record) in &batch {
+        for (seq, record) in batch {
             match self.enqueue(record) {
                 Ok(delivery) => deliveries.push((*seq, delivery)),
                 Err(error) => {
@@ -242,24 +268,7 @@ impl Pipeline {
                 }
             }
         }
-        self.store.forget(&delivered)?;
-        metrics::counter!("ingest_spool_replayed_total").increment(delivered.len() as u64);
-        if let Some(error) = failed {
-            if probing {
-                tracing::info!(%error, left = self.store.depth(), "Kafka probe (the oldest spooled record) failed: the spool waits");
-            } else {
-                tracing::warn!(%error, delivered = delivered.len(), left = self.store.depth(), "spool replay interrupted");
-            }
-            self.breaker.record_failure();
-            return Ok(Drained::Waiting(
-                self.breaker.until_probe().max(Duration::from_millis(200)),
-            ));
-        }
-        self.breaker.record_success();
-        if self.store.is_empty() {
-            tracing::info!("spool drained: producing directly again");
-        }
-        Ok(Drained::Some)
+        (delivered, failed)
     }
 
     /// Shutdown: wait for in-flight deliveries, then try the spool for up to
@@ -268,20 +277,20 @@ impl Pipeline {
         let producer = self.producer();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(3))).await;
         let deadline = Instant::now() + limit;
-        while !self.store.is_empty() && self.breaker.is_closed() && Instant::now() < deadline {
+        while !self.spool.is_empty() && self.breaker.is_closed() && Instant::now() < deadline {
             if self.drain_once().await.is_err() {
                 break;
             }
         }
-        if let Err(err) = self.store.flush().await {
+        if let Err(err) = self.spool.flush().await {
             tracing::error!(%err, "flushing the spool at shutdown failed");
         }
-        if self.store.is_empty() {
+        if self.spool.is_empty() {
             tracing::info!("spool empty at shutdown");
         } else {
             tracing::warn!(
-                depth = self.store.depth(),
-                bytes = self.store.bytes(),
+                depth = self.spool.depth(),
+                bytes = self.spool.bytes(),
                 "spool not drained at shutdown: it stays on disk and drains at the next start"
             );
         }
@@ -302,8 +311,7 @@ fn make_producer(config: &PipelineConfig, breaker: &Arc<Breaker>) -> anyhow::Res
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // Each request waits for its acknowledgement, so linger is latency
-        // paid by every submission (bench, 64 clients: 5 ms halved the
-        // accepted rate; 1 ms and 2 ms were within the noise of each other).
+        // paid by every submission: it stays short.
         .set("linger.ms", "2")
         .set(
             "message.timeout.ms",
@@ -329,13 +337,13 @@ enum Drained {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::tempdir;
+    use crate::spool::tests::tempdir;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
     use shared::breaker::State;
 
-    fn record(i: usize) -> SpooledRecord {
-        SpooledRecord {
+    fn record(i: usize) -> KafkaRecord {
+        KafkaRecord {
             key: format!("C{i}"),
             payload: format!("{{\"n\":{i}}}").into_bytes(),
             request_id: format!("r{i}"),
@@ -346,7 +354,7 @@ mod tests {
     fn on_mock(
         mock: &MockCluster<'_, DefaultProducerContext>,
         topic: &str,
-        store: Store,
+        spool: Spool,
     ) -> Arc<Pipeline> {
         Pipeline::new(
             PipelineConfig {
@@ -355,7 +363,7 @@ mod tests {
                 delivery_timeout: Duration::from_millis(1500),
                 drain_batch: 500,
             },
-            store,
+            spool,
         )
         .unwrap()
     }
@@ -371,18 +379,18 @@ mod tests {
     async fn half_open_the_oldest_record_alone_probes_and_only_its_delivery_closes_the_breaker() {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("spool-probe", 2, 1).unwrap();
-        let store = Store::open(&tempdir(), 1 << 20).unwrap();
+        let spool = Spool::open(&tempdir(), 1 << 20).unwrap();
         for i in 0..5 {
-            store.append(record(i)).await.unwrap();
+            spool.append(record(i)).await.unwrap();
         }
-        let pipeline = on_mock(&mock, "spool-probe", store);
+        let pipeline = on_mock(&mock, "spool-probe", spool);
 
         mock.broker_down(1).unwrap();
         pipeline.breaker.trip();
         until_probe(&pipeline).await;
         let round = pipeline.drain_once().await.unwrap();
         assert!(matches!(round, Drained::Waiting(_)), "the probe failed");
-        assert_eq!(pipeline.store.depth(), 5, "nothing left the spool");
+        assert_eq!(pipeline.spool.depth(), 5, "nothing left the spool");
         assert_eq!(pipeline.breaker.state(), State::Open);
 
         mock.broker_up(1).unwrap();
@@ -390,11 +398,11 @@ mod tests {
         let round = pipeline.drain_once().await.unwrap();
         assert!(matches!(round, Drained::Some));
         assert_eq!(
-            pipeline.store.depth(),
+            pipeline.spool.depth(),
             4,
             "the probe sent the oldest record alone"
         );
-        assert_eq!(pipeline.store.oldest(1).unwrap()[0].1, record(1));
+        assert_eq!(pipeline.spool.oldest(1).unwrap()[0].1, record(1));
         assert!(
             pipeline.breaker.is_closed(),
             "its delivery closed the breaker"
@@ -403,7 +411,7 @@ mod tests {
         let round = pipeline.drain_once().await.unwrap();
         assert!(matches!(round, Drained::Some));
         assert!(
-            pipeline.store.is_empty(),
+            pipeline.spool.is_empty(),
             "closed, the rest goes in one batch"
         );
         assert!(matches!(
@@ -435,8 +443,8 @@ mod tests {
     {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("fatal", 2, 1).unwrap();
-        let store = Store::open(&tempdir(), 1 << 20).unwrap();
-        let pipeline = on_mock(&mock, "fatal", store);
+        let spool = Spool::open(&tempdir(), 1 << 20).unwrap();
+        let pipeline = on_mock(&mock, "fatal", spool);
         assert_eq!(pipeline.submit(record(0)).await.unwrap(), Outcome::Accepted);
 
         let dead = pipeline.producer();
@@ -444,7 +452,7 @@ mod tests {
         // The dead producer refuses it: the submission is spooled, not lost.
         assert_eq!(pipeline.submit(record(1)).await.unwrap(), Outcome::Spooled);
         assert_eq!(pipeline.submit(record(2)).await.unwrap(), Outcome::Spooled);
-        assert_eq!(pipeline.store.depth(), 2);
+        assert_eq!(pipeline.spool.depth(), 2);
 
         // The probe (the oldest record alone), then the rest.
         for _ in 0..4 {
@@ -454,7 +462,7 @@ mod tests {
             }
         }
         assert!(
-            pipeline.store.is_empty(),
+            pipeline.spool.is_empty(),
             "the spool drained through the new producer"
         );
         assert!(

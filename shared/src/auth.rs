@@ -112,22 +112,8 @@ impl JwtKeys {
     }
 }
 
-/// Extracts a verified student; 401 or 403 otherwise.
-pub struct Student(pub Claims);
 /// Extracts a verified admin; 401 or 403 otherwise.
 pub struct Admin(pub Claims);
-
-impl<S> FromRequestParts<S> for Student
-where
-    Arc<JwtKeys>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let keys = Arc::<JwtKeys>::from_ref(state);
-        keys.authorize(&parts.headers, Role::Student).map(Student)
-    }
-}
 
 impl<S> FromRequestParts<S> for Admin
 where
