@@ -70,21 +70,16 @@ const MIGRATIONS: &[&str] = &[
 ///   the listings; they now read the history's `(course_id, submitted_at)`
 ///   index, keeping the entries that `current_responses` names (query's
 ///   `comments.rs`). With `course_stats (updated_at)`, about a fifth of
-///   MariaDB's work per event (the benchmark's drain, runs minutes apart:
-///   34–43 µs of MariaDB CPU per event with them, 27–33 without).
+///   MariaDB's work per event (docs/benchmarks.md).
 /// - Index `course_stats (updated_at)` served the reconciler's "changed in the
 ///   last ten minutes"; every stats update moved its entry to the same last
-///   page. The reconciler now scans `course_stats` every 2 s instead: one row
-///   per course, a few milliseconds for tens of thousands of courses.
+///   page. The reconciler now scans `course_stats` every 2 s instead: one
+///   row per course.
 /// - Index `course_stats (responses)` was meant for the course list, ordered
 ///   by `responses DESC, course_id` (and query's warm-up, the same order):
 ///   an ascending index cannot give those mixed directions, and MariaDB's plan
-///   was a full scan and a sort with it as without it (about 12 ms for 50,000
-///   courses), while every stats update moved the course's entry in it.
-///   Without it, in the benchmark's drain (200,000 events over 200 courses,
-///   builds with and without it taking turns, two runs each): MariaDB's CPU
-///   per event 26–28 µs instead of 32, the stats step 0.68 ms a batch instead
-///   of 0.99, and 40–43k events/s instead of 35–36k.
+///   is a full scan and a sort with it as without it, while every stats
+///   update moved the course's entry in it (docs/benchmarks.md).
 /// - Column `current_responses.comment` copied the history's comment, which
 ///   is the one every listing reads: up to 8 KB more per current row (2,000
 ///   characters of 4 bytes) for the counting step to read and write.

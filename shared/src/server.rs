@@ -1,11 +1,10 @@
 //! The HTTP server loop the three services share: axum's router on hyper's
 //! HTTP/1 connections, with the limits a public port needs.
 //!
-//! `axum::serve` sets no timer, so hyper's header read timeout never ran: a
-//! client that opened connections and sent half a request (or nothing) kept
-//! each one open for good, and some twenty thousand of them used up the
-//! process's file descriptors, after which no one could connect (measured
-//! against ingest). Here every connection gets [`HEADER_READ_TIMEOUT`] to send
+//! `axum::serve` sets no timer, so hyper's header read timeout never runs: a
+//! client that opens connections and sends half a request (or nothing) keeps
+//! each one open for good, until the process's file descriptors run out and
+//! no one can connect. Here every connection gets [`HEADER_READ_TIMEOUT`] to send
 //! a request's headers, counted from when the connection is ready for one, so
 //! an idle keep-alive connection is closed after that long as well. (Bodies
 //! are the handlers' business: ingest reads its body within a deadline.)
@@ -50,12 +49,9 @@ pub async fn serve(
 /// nothing else.
 ///
 /// For a service whose requests are short and answered from memory (query's
-/// stats hits). Under tokio's shared runtime, `perf sched` at 26k stats hits
-/// a second showed one worker running 3.9 ms on end while the other slept and
-/// the other core had idle time: requests queued behind one worker. Split by
-/// connection, both cores serve. Stats p99 at 26k/s over 64 connections, the
-/// two builds taking turns, eight runs each: 1.48-7.44 ms (median 3.16)
-/// shared, 1.29-6.28 ms (median 1.93) on two threads, lower in every pair.
+/// stats hits). Under tokio's shared runtime one worker can run on end while
+/// the other sleeps and a core idles, so requests queue behind one worker;
+/// split by connection, every core serves (docs/benchmarks.md has the runs).
 ///
 /// A handler that spawns a task spawns it on its connection's thread, and a
 /// connection to MySQL or Redis first opened by a handler belongs to that
