@@ -47,6 +47,9 @@ cargo run -q -p feedback-tests --bin feedback-bench -- delete-topics --prefix fb
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "cargo deny: advisories (offline snapshot), licences, duplicates, sources"
+scripts/lib/deny.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
