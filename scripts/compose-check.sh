@@ -22,7 +22,11 @@ step "Docker engine, Compose v2, base image, local images: scripts/lib/docker-lo
 scripts/lib/docker-local.sh all
 
 step "the deployment, end to end"
-python3 scripts/lib/compose_check.py
+# PyYAML reads the alert rules; test.sh's venv (made here when missing) has it.
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/feedback/venv
+[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+"$VENV/bin/python" -c 'import yaml' 2>/dev/null || "$VENV/bin/pip" install -q pyyaml
+"$VENV/bin/python" scripts/lib/compose_check.py
 
 echo
 echo "scripts/compose-check.sh: all green in $((SECONDS - started))s"
