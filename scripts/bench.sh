@@ -312,8 +312,8 @@ prepare() {
     "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
   scripts/infra.sh up
   install_tools
-  say "building (cargo build --release -p ingest -p aggregator -p query -p feedback-tests)"
-  cargo build --release -p ingest -p aggregator -p query -p feedback-tests
+  say "building (cargo build --release -p ingest -p aggregator -p query -p feedback-bench)"
+  cargo build --release -p ingest -p aggregator -p query -p feedback-bench
   INGEST_PORT=$(free_port 18080)
   AGG_PORT=$(free_port $((INGEST_PORT + 1)))
   QUERY_PORT=$(free_port $((AGG_PORT + 1)))

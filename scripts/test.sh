@@ -40,7 +40,7 @@ rm -rf "${TMPDIR:-/tmp}/feedback-tests"
 # And their topics (`fbtest-…` and their `.dlq`, never the demo's or the
 # bench's): thousands of partitions piled up and slowed every Kafka start.
 printf 'topics of earlier test runs: '
-cargo run -q -p feedback-tests --bin feedback-bench -- delete-topics --prefix fbtest- |
+cargo run -q -p feedback-bench -- delete-topics --prefix fbtest- |
   awk -F= '$1 == "deleted" { n++ } END { print n + 0 " deleted" }' ||
   echo "could not delete them (each test makes its own topic anyway)"
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::config::{parse_or, var_or};
+use shared::env::{parse_or, var_or};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,15 +57,15 @@ impl Config {
         );
         Ok(Self {
             addr: var_or("FEEDBACK_AGGREGATOR_ADDR", "127.0.0.1:8081"),
-            brokers: shared::config::kafka_brokers(),
-            topic: shared::config::kafka_topic(),
+            brokers: shared::env::kafka_brokers(),
+            topic: shared::env::kafka_topic(),
             group: var_or("FEEDBACK_CONSUMER_GROUP", "feedback-aggregator"),
-            redis_url: shared::config::redis_url(),
-            mysql_url: shared::config::mysql_url(),
+            redis_url: shared::env::redis_url(),
+            mysql_url: shared::env::mysql_url(),
             batch_size,
             linger: Duration::from_millis(parse_or("FEEDBACK_BATCH_LINGER_MS", 50)?),
             lanes,
-            cache_ttl_secs: shared::config::cache_ttl_secs()?,
+            cache_ttl_secs: shared::env::cache_ttl_secs()?,
             reconcile_interval: Duration::from_millis(reconcile_interval_ms),
             reconcile_window: Duration::from_secs(reconcile_window_secs),
         })

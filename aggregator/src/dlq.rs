@@ -8,6 +8,7 @@ use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use shared::metrics::names;
 
 /// The most of a poison message's payload and key a dead letter carries.
 /// A broker takes about 1 MiB per message by default (and librdkafka sends
@@ -98,7 +99,7 @@ impl DeadLetters {
             {
                 Ok(_) => {
                     tracing::warn!(partition = poison.partition, offset = poison.offset, reason = %poison.reason, "poison message dead-lettered");
-                    metrics::counter!("aggregator_dlq_total").increment(1);
+                    metrics::counter!(names::AGGREGATOR_DLQ_TOTAL).increment(1);
                     return;
                 }
                 Err((err, _)) => {
@@ -112,7 +113,7 @@ impl DeadLetters {
             offset = poison.offset,
             "poison message could not be dead-lettered; skipped"
         );
-        metrics::counter!("aggregator_dlq_failed_total").increment(1);
+        metrics::counter!(names::AGGREGATOR_DLQ_FAILED_TOTAL).increment(1);
     }
 }
 

@@ -52,16 +52,12 @@ pub(crate) struct Probes {
 }
 
 /// The aggregator's HTTP routes: `/readyz`, and the health and metrics
-/// routes every service has.
+/// routes every service has, with every service's layers.
 pub(crate) fn app(probes: Probes) -> Router {
     let routes = Router::new()
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes());
-    // The fallbacks before the layers: a 404 or 405 counts in the metrics too.
-    shared::http::fallbacks(routes)
-        .layer(shared::http::catch_panic())
-        .layer(axum::middleware::from_fn(shared::http::track_metrics))
-        .with_state(probes)
+    shared::http::with_service_layers(routes).with_state(probes)
 }
 
 /// How long `/readyz` waits for MySQL to answer a ping.

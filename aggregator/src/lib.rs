@@ -44,6 +44,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
+use shared::metrics::names;
+use shared::shutdown::Stop;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -70,8 +72,8 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         install_metrics();
-        shared::db::migrate(&config.mysql_url).await?;
-        let pool = shared::db::pool(&config.mysql_url)?;
+        shared::mysql::migrate(&config.mysql_url).await?;
+        let pool = shared::mysql::pool(&config.mysql_url)?;
         shared::kafka::ensure_topic(
             &config.brokers,
             &config.topic,
@@ -120,14 +122,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
+        let stop = Stop::new();
+        tokio::spawn(stop.trigger_on(shutdown));
         tracing::info!(addr = %self.listener.local_addr()?, topic = %self.config.topic, group = %self.config.group, "aggregator running");
         let probes = Probes {
             health: self.health.clone(),
@@ -137,12 +133,12 @@ impl Application {
         let server = tokio::spawn(shared::http::serve(
             self.listener,
             health::app(probes),
-            stopped(stop_rx.clone()),
+            stop.wait(),
         ));
         let reconciler = tokio::spawn(self.redis.clone().keep_repaired(
             self.config.reconcile_interval,
             self.config.reconcile_window,
-            stopped(stop_rx.clone()),
+            stop.wait(),
         ));
 
         let pool = self.pool.clone();
@@ -158,7 +154,7 @@ impl Application {
         // The router runs on a runtime worker thread, not on the thread that
         // blocks on main: its sends then wake the lanes through that thread's
         // own queue.
-        let router = tokio::spawn(worker::run(worker.clone(), self.rebalances, stop_rx));
+        let router = tokio::spawn(worker::run(worker.clone(), self.rebalances, stop));
         router_ended(router.await)?;
         worker.consumer.unsubscribe();
         drop(worker); // the lanes are done: this closes the consumer, leaving the group at once
@@ -185,17 +181,23 @@ fn router_ended(ended: Result<(), tokio::task::JoinError>) -> anyhow::Result<()>
 fn install_metrics() {
     shared::metrics::install();
     shared::metrics::show_counters(&[
-        ("aggregator_events_applied_total", &[]),
-        ("aggregator_duplicates_skipped_total", &[]),
-        ("aggregator_dlq_total", &[]),
-        ("aggregator_dlq_failed_total", &[]),
-        ("aggregator_rebalances_total", &[]),
-        ("aggregator_redelivered_batches_total", &[]),
-        ("aggregator_offsets_rewound_total", &[]),
-        ("aggregator_redis_invalidations_total", &[]),
-        ("aggregator_redis_repairs_total", &[("reason", "outage")]),
-        ("aggregator_redis_repairs_total", &[("reason", "reconcile")]),
-        ("aggregator_sink_conflicts_total", &[]),
-        ("aggregator_sink_failures_total", &[]),
+        (names::AGGREGATOR_EVENTS_APPLIED_TOTAL, &[]),
+        (names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL, &[]),
+        (names::AGGREGATOR_DLQ_TOTAL, &[]),
+        (names::AGGREGATOR_DLQ_FAILED_TOTAL, &[]),
+        (names::AGGREGATOR_REBALANCES_TOTAL, &[]),
+        (names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL, &[]),
+        (names::AGGREGATOR_OFFSETS_REWOUND_TOTAL, &[]),
+        (names::AGGREGATOR_REDIS_INVALIDATIONS_TOTAL, &[]),
+        (
+            names::AGGREGATOR_REDIS_REPAIRS_TOTAL,
+            &[("reason", "outage")],
+        ),
+        (
+            names::AGGREGATOR_REDIS_REPAIRS_TOTAL,
+            &[("reason", "reconcile")],
+        ),
+        (names::AGGREGATOR_SINK_CONFLICTS_TOTAL, &[]),
+        (names::AGGREGATOR_SINK_FAILURES_TOTAL, &[]),
     ]);
 }

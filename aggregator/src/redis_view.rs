@@ -1,5 +1,5 @@
 //! Redis after MySQL: each committed batch's per-course deltas go to Redis in
-//! one Lua call (`shared::cache`), guarded by versions, so redelivery, races
+//! one Lua call (`shared::redis_hash`), guarded by versions, so redelivery, races
 //! with query's fills, and expired or flushed hashes are all harmless.
 //!
 //! The lanes do not wait for Redis: they queue a committed batch's deltas
@@ -21,8 +21,9 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
 use redis::aio::ConnectionManager;
-use shared::cache::{Applied, Delta, Scripts};
-use shared::db::{stats_columns, StatsColumns, StatsRow};
+use shared::metrics::names;
+use shared::mysql::{stats_columns, StatsColumns, StatsRow};
+use shared::redis_hash::{Applied, Delta, Scripts};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -77,7 +78,7 @@ pub struct RedisView {
 impl RedisView {
     pub fn new(redis_url: &str, pool: Pool, ttl_secs: u64) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: shared::cache::connect(redis_url, Duration::from_millis(500))?,
+            redis: shared::redis_hash::connect(redis_url, Duration::from_millis(500))?,
             scripts: Scripts::new(),
             pool,
             ttl_secs,
@@ -146,7 +147,7 @@ impl RedisView {
                     .filter(|r| **r == Applied::Invalidated)
                     .count();
                 if invalidated > 0 {
-                    metrics::counter!("aggregator_redis_invalidations_total")
+                    metrics::counter!(names::AGGREGATOR_REDIS_INVALIDATIONS_TOTAL)
                         .increment(invalidated as u64);
                 }
             }
@@ -173,7 +174,7 @@ impl RedisView {
                 tracing::warn!("Redis unreachable: MySQL keeps committing");
             }
         }
-        metrics::gauge!("aggregator_redis_up").set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!(names::AGGREGATOR_REDIS_UP).set(if up { 1.0 } else { 0.0 });
     }
 
     /// Repairs Redis until `stop`: courses touched while it was down, then
@@ -218,7 +219,7 @@ impl RedisView {
                     if let Ok(mut dirty) = self.dirty.lock() {
                         dirty.remove(&course);
                     }
-                    metrics::counter!("aggregator_redis_repairs_total", "reason" => "outage")
+                    metrics::counter!(names::AGGREGATOR_REDIS_REPAIRS_TOTAL, "reason" => "outage")
                         .increment(1);
                 }
                 Err(err) => {
@@ -235,7 +236,7 @@ impl RedisView {
         let stats = {
             let mut conn =
                 tokio::time::timeout(Duration::from_secs(3), self.pool.get_conn()).await??;
-            shared::db::read_stats(&mut conn, course).await?
+            shared::mysql::read_stats(&mut conn, course).await?
         };
         let mut redis = self.redis.clone();
         match self
@@ -257,7 +258,7 @@ impl RedisView {
     /// Compares courses changed in the last `window` with Redis and repairs
     /// hashes that lag behind MySQL. Returns how many were repaired.
     ///
-    /// `updated_at` has no index (see `shared::db`): the statement scans
+    /// `updated_at` has no index (see `shared::mysql`): the statement scans
     /// `course_stats`, one row per course, rather than every stats update
     /// paying for an index entry.
     pub async fn reconcile(&self, window: Duration) -> anyhow::Result<usize> {
@@ -269,12 +270,12 @@ impl RedisView {
                 "SELECT {} FROM course_stats WHERE updated_at >= ?",
                 stats_columns()
             );
-            conn.exec(sql, (shared::db::datetime(since),)).await?
+            conn.exec(sql, (shared::mysql::datetime(since),)).await?
         };
         let mut repaired = 0;
         let mut redis = self.redis.clone();
         for (course, stats) in rows.into_iter().map(StatsRow::from_columns) {
-            let cached = shared::cache::read(&mut redis, &course).await;
+            let cached = shared::redis_hash::read(&mut redis, &course).await;
             self.mark(cached.is_ok());
             let lagging = match cached? {
                 Some(hash) => hash.version < stats.version,
@@ -287,7 +288,7 @@ impl RedisView {
                     .await?
             {
                 repaired += 1;
-                metrics::counter!("aggregator_redis_repairs_total", "reason" => "reconcile")
+                metrics::counter!(names::AGGREGATOR_REDIS_REPAIRS_TOTAL, "reason" => "reconcile")
                     .increment(1);
             }
         }

@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use shared::metrics::names;
+
 /// A stopwatch over a batch's steps.
 pub(crate) struct Steps {
     /// When the previous lap ended (or the stopwatch started).
@@ -21,7 +23,7 @@ impl Steps {
     /// Records the time since the previous lap (or the start) as `step`.
     pub(crate) fn lap(&mut self, step: &'static str) {
         let now = Instant::now();
-        metrics::histogram!("aggregator_batch_step_seconds", "step" => step)
+        metrics::histogram!(names::AGGREGATOR_BATCH_STEP_SECONDS, "step" => step)
             .record((now - self.last).as_secs_f64());
         self.last = now;
     }

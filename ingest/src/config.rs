@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shared::config::{parse_or, var, var_or};
+use shared::env::{parse_or, var, var_or};
 
 use crate::client_addr::TrustedProxies;
 use crate::filter::Policy;
@@ -46,15 +46,15 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let jwt_secret = shared::config::jwt_secret()?;
+        let jwt_secret = shared::env::jwt_secret()?;
         let student_key_secret = match var("FEEDBACK_STUDENT_KEY_SECRET") {
             Some(secret) => secret.into_bytes(),
             None => derive_student_key_secret(&jwt_secret),
         };
         Ok(Self {
             addr: var_or("FEEDBACK_INGEST_ADDR", "127.0.0.1:8080"),
-            brokers: shared::config::kafka_brokers(),
-            topic: shared::config::kafka_topic(),
+            brokers: shared::env::kafka_brokers(),
+            topic: shared::env::kafka_topic(),
             spool_dir: PathBuf::from(var_or("FEEDBACK_SPOOL_DIR", "var/spool")),
             spool_max_bytes: parse_or("FEEDBACK_SPOOL_MAX_BYTES", 256 * 1024 * 1024)?,
             jwt_secret,

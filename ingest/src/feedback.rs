@@ -25,6 +25,7 @@ use shared::auth::Role;
 use shared::domain::{Comment, CourseId, Rating, StudentKey};
 use shared::event::FeedbackSubmitted;
 use shared::http::ApiError;
+use shared::metrics::names;
 
 use crate::filter::{Filtered, Policy};
 use crate::idempotency::{self, Claim};
@@ -314,7 +315,7 @@ fn apply_policy(state: &AppState, comment: Option<Comment>) -> Result<Option<Com
     match (state.filter.check(comment.as_str()), state.policy) {
         (Filtered::Clean, _) => Ok(Some(comment)),
         (Filtered::Masked(_), Policy::Reject) => {
-            metrics::counter!("ingest_sensitive_total", "action" => "rejected").increment(1);
+            metrics::counter!(names::INGEST_SENSITIVE_TOTAL, "action" => "rejected").increment(1);
             Err(ApiError::unprocessable(
                 "sensitive_content",
                 "the comment contains words that are not allowed",
@@ -322,7 +323,7 @@ fn apply_policy(state: &AppState, comment: Option<Comment>) -> Result<Option<Com
             .with_field("comment"))
         }
         (Filtered::Masked(masked), Policy::Mask) => {
-            metrics::counter!("ingest_sensitive_total", "action" => "masked").increment(1);
+            metrics::counter!(names::INGEST_SENSITIVE_TOTAL, "action" => "masked").increment(1);
             // Masking keeps the character count, so the masked text is still a valid comment.
             Comment::parse(masked)
                 .map(Some)

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use shared::domain::StudentKey;
 use shared::http::ApiError;
+use shared::metrics::names;
 
 use crate::feedback::Answer;
 use crate::pipeline::Outcome;
@@ -149,7 +150,7 @@ impl Idempotency {
             .filter(|entry| self.is_live(entry))
             .and_then(Entry::answer);
         if answer.is_some() {
-            metrics::counter!("ingest_idempotent_replays_total").increment(1);
+            metrics::counter!(names::INGEST_IDEMPOTENT_REPLAYS_TOTAL).increment(1);
         }
         Ok(answer)
     }
@@ -175,7 +176,7 @@ impl Idempotency {
             let read = self.entries.get(&key).map_err(store_failed)?;
             let (entry, record) = match self.step(read.entry()) {
                 Step::Replay(answer) => {
-                    metrics::counter!("ingest_idempotent_replays_total").increment(1);
+                    metrics::counter!(names::INGEST_IDEMPOTENT_REPLAYS_TOTAL).increment(1);
                     return Ok(Claim::Replay(answer));
                 }
                 Step::Wait if tokio::time::Instant::now() >= deadline => return Err(in_use()),

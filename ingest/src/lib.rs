@@ -36,9 +36,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use shared::shutdown::Stop;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use config::Config;
 use filter::{Policy, SensitiveFilter};
@@ -46,6 +45,7 @@ use idempotency::Idempotency;
 use limits::Limits;
 use pipeline::{Pipeline, PipelineConfig};
 use shared::auth::JwtKeys;
+use shared::metrics::names;
 use spool::Spool;
 
 /// What every request handler shares.
@@ -120,6 +120,11 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// The shared state (tests drive the router with it, without a socket).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` completes; then stops accepting, finishes
     /// in-flight requests, flushes the producer and the spool, and returns
     /// within about 10 s.
@@ -135,19 +140,12 @@ impl Application {
             state.pipeline.topic().to_owned(),
         );
 
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let drainer = tokio::spawn(pipeline.clone().drain(stopped(stop_rx.clone())));
-        let signal = async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        };
-        let server = shared::http::serve(listener, router(state), signal);
+        let stop = Stop::new();
+        let drainer = tokio::spawn(pipeline.clone().drain(stop.wait()));
+        let server = shared::http::serve(listener, router(state), stop.trigger_on(shutdown));
         tokio::select! {
             result = server => result?,
-            _ = async { stopped(stop_rx).await; tokio::time::sleep(Duration::from_secs(6)).await } => {
+            _ = async { stop.wait().await; tokio::time::sleep(Duration::from_secs(6)).await } => {
                 tracing::warn!("in-flight requests still open after 6 s: closing them");
             }
         }
@@ -161,15 +159,15 @@ impl Application {
 /// Ingest's counters, shown at 0 from the start rather than at their first increment.
 fn show_counters() {
     shared::metrics::show_counters(&[
-        ("ingest_idempotent_replays_total", &[]),
-        ("ingest_producer_renewals_total", &[]),
-        ("ingest_rate_limited_total", &[("limit", "student")]),
-        ("ingest_rate_limited_total", &[("limit", "address")]),
-        ("ingest_sensitive_total", &[("action", "masked")]),
-        ("ingest_sensitive_total", &[("action", "rejected")]),
-        ("ingest_spool_full_total", &[]),
-        ("ingest_spool_replayed_total", &[]),
-        ("ingest_spool_unreadable_total", &[]),
+        (names::INGEST_IDEMPOTENT_REPLAYS_TOTAL, &[]),
+        (names::INGEST_PRODUCER_RENEWALS_TOTAL, &[]),
+        (names::INGEST_RATE_LIMITED_TOTAL, &[("limit", "student")]),
+        (names::INGEST_RATE_LIMITED_TOTAL, &[("limit", "address")]),
+        (names::INGEST_SENSITIVE_TOTAL, &[("action", "masked")]),
+        (names::INGEST_SENSITIVE_TOTAL, &[("action", "rejected")]),
+        (names::INGEST_SPOOL_FULL_TOTAL, &[]),
+        (names::INGEST_SPOOL_REPLAYED_TOTAL, &[]),
+        (names::INGEST_SPOOL_UNREADABLE_TOTAL, &[]),
     ]);
 }
 
@@ -196,28 +194,14 @@ fn spawn_topic_creation(brokers: String, topic: String) {
 }
 
 pub fn router(state: AppState) -> Router {
-    let request_id = axum::http::HeaderName::from_static("x-request-id");
     let routes = Router::new()
-        .route(
-            "/v1/feedback",
-            post(feedback::submit).fallback(shared::http::method_not_allowed),
-        )
+        .route("/v1/feedback", post(feedback::submit))
         .route("/", get(form))
         .route("/readyz", get(readyz))
-        .merge(shared::http::health_routes());
-    // The fallbacks before the layers: a 404 or 405 gets the request id, the metrics and the trace too.
-    shared::http::fallbacks(routes)
-        .layer(DefaultBodyLimit::disable())
-        .layer(shared::http::catch_panic())
-        .layer(axum::middleware::from_fn(shared::http::track_metrics))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
-            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::from_fn(shared::http::sanitize_request_id))
-        .with_state(state)
+        .merge(shared::http::health_routes())
+        // The submission reads its body itself, within its own size and time limits.
+        .layer(DefaultBodyLimit::disable());
+    shared::http::with_service_layers(routes).with_state(state)
 }
 
 async fn form() -> Html<&'static str> {

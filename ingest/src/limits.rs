@@ -14,6 +14,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use shared::http::ApiError;
+use shared::metrics::names;
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
 
@@ -48,7 +49,8 @@ impl<K: Hash + Eq + Clone> Limit<K> {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-                metrics::counter!("ingest_rate_limited_total", "limit" => self.what).increment(1);
+                metrics::counter!(names::INGEST_RATE_LIMITED_TOTAL, "limit" => self.what)
+                    .increment(1);
                 Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -105,9 +107,9 @@ impl Limits {
                 };
                 limits.per_student.prune();
                 limits.per_ip.prune();
-                metrics::gauge!("ingest_rate_limit_keys", "limit" => "student")
+                metrics::gauge!(names::INGEST_RATE_LIMIT_KEYS, "limit" => "student")
                     .set(limits.per_student.tracked_keys() as f64);
-                metrics::gauge!("ingest_rate_limit_keys", "limit" => "address")
+                metrics::gauge!(names::INGEST_RATE_LIMIT_KEYS, "limit" => "address")
                     .set(limits.per_ip.tracked_keys() as f64);
             }
         });

@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
             role,
             ttl_hours,
         } => {
-            let keys = JwtKeys::new(shared::config::jwt_secret()?.as_bytes())?;
+            let keys = JwtKeys::new(shared::env::jwt_secret()?.as_bytes())?;
             let role = if role == "admin" {
                 Role::Admin
             } else {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::record::KafkaRecord;
 use crate::spool::{Spool, SpoolError};
 use shared::breaker::Breaker;
+use shared::metrics::names;
 
 /// How a submission was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -83,7 +84,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, spool: Spool) -> anyhow::Result<Arc<Self>> {
-        let breaker = Arc::new(Breaker::new("Kafka", "ingest_breaker_state"));
+        let breaker = Arc::new(Breaker::new("Kafka", names::INGEST_BREAKER_STATE));
         let producer = make_producer(&config, &breaker)?;
         Ok(Arc::new(Self {
             producer: RwLock::new(producer),
@@ -110,7 +111,7 @@ impl Pipeline {
         match make_producer(&self.config, &self.breaker) {
             Ok(fresh) => {
                 *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-                metrics::counter!("ingest_producer_renewals_total").increment(1);
+                metrics::counter!(names::INGEST_PRODUCER_RENEWALS_TOTAL).increment(1);
                 tracing::error!(
                     ?code,
                     reason,
@@ -157,7 +158,7 @@ impl Pipeline {
             },
             Err(e) => Err(e),
         };
-        metrics::histogram!("ingest_produce_duration_seconds")
+        metrics::histogram!(names::INGEST_PRODUCE_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         sent
     }
@@ -222,7 +223,7 @@ impl Pipeline {
         let batch = self.spool.oldest(limit)?;
         let (delivered, failed) = self.send_in_order(&batch).await;
         self.spool.forget(&delivered)?;
-        metrics::counter!("ingest_spool_replayed_total").increment(delivered.len() as u64);
+        metrics::counter!(names::INGEST_SPOOL_REPLAYED_TOTAL).increment(delivered.len() as u64);
         if let Some(error) = failed {
             if probing {
                 tracing::info!(%error, left = self.spool.depth(), "Kafka probe (the oldest spooled record) failed: the spool waits");

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shared::metrics::names;
 use tokio::sync::Notify;
 
 pub use idempotency_entries::{IdempotencyEntries, Snapshot};
@@ -156,7 +157,7 @@ impl Spool {
     /// keep it out of the way.
     fn move_aside(&self, key: &[u8], value: sled::IVec) -> Result<(), sled::Error> {
         tracing::error!(seq = seq_of(key), "unreadable spool record moved aside");
-        metrics::counter!("ingest_spool_unreadable_total").increment(1);
+        metrics::counter!(names::INGEST_SPOOL_UNREADABLE_TOTAL).increment(1);
         self.disk
             .db
             .open_tree("spool-unreadable")?
@@ -244,7 +245,7 @@ impl Disk {
         let len = value.len() as u64;
         if self.counters.bytes.load(Ordering::Acquire) + len > self.counters.max_bytes {
             self.counters.full.store(true, Ordering::Release);
-            metrics::counter!("ingest_spool_full_total").increment(1);
+            metrics::counter!(names::INGEST_SPOOL_FULL_TOTAL).increment(1);
             return Err(SpoolError::Full);
         }
         let seq = self.counters.next_seq.fetch_add(1, Ordering::AcqRel);
@@ -255,11 +256,11 @@ impl Disk {
     }
 
     fn publish(&self) {
-        metrics::gauge!("ingest_spool_depth")
+        metrics::gauge!(names::INGEST_SPOOL_DEPTH)
             .set(self.counters.depth.load(Ordering::Acquire) as f64);
-        metrics::gauge!("ingest_spool_bytes")
+        metrics::gauge!(names::INGEST_SPOOL_BYTES)
             .set(self.counters.bytes.load(Ordering::Acquire) as f64);
-        metrics::gauge!("ingest_spool_max_bytes").set(self.counters.max_bytes as f64);
+        metrics::gauge!(names::INGEST_SPOOL_MAX_BYTES).set(self.counters.max_bytes as f64);
     }
 }
 

@@ -23,8 +23,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -35,7 +35,7 @@ use sha2::Sha256;
 use shared::auth::Admin;
 use shared::http::ApiError;
 
-use crate::params::{self, Params};
+use crate::params::{CoursePath, Params};
 use crate::{time_fmt, AppState};
 
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -166,7 +166,7 @@ pub fn page_sql(with_cursor: bool) -> String {
            ON c.course_id = e.course_id AND c.student_key = e.student_key AND c.feedback_id = e.feedback_id
          WHERE e.course_id = ? {}
          ORDER BY e.submitted_at DESC, e.feedback_id DESC LIMIT ?",
-        shared::db::micros("e.submitted_at"),
+        shared::mysql::micros("e.submitted_at"),
         if with_cursor {
             "AND (e.submitted_at < ? OR (e.submitted_at = ? AND e.feedback_id < ?))"
         } else {
@@ -185,7 +185,8 @@ pub async fn page<Q: Queryable>(
     let rows: Vec<(String, u8, Option<String>, i64)> = match after {
         None => conn.exec(page_sql(false), (course_id, limit)).await?,
         Some(cursor) => {
-            let at = shared::db::datetime(shared::db::from_micros(cursor.submitted_at_micros));
+            let at =
+                shared::mysql::datetime(shared::mysql::from_micros(cursor.submitted_at_micros));
             conn.exec(
                 page_sql(true),
                 (course_id, &at, &at, &cursor.feedback_id, limit),
@@ -215,10 +216,9 @@ pub struct PageBody {
 pub async fn list(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<String>, PathRejection>,
+    CoursePath(course): CoursePath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<PageBody>, ApiError> {
-    let course = params::course_id(path)?;
     let params = Params::parse(query)?;
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = params
@@ -266,7 +266,7 @@ mod tests {
             };
             assert_eq!(key.decode("C", &key.encode("C", &cursor)).unwrap(), cursor);
             assert_eq!(
-                shared::db::from_micros(edge).year(),
+                shared::mysql::from_micros(edge).year(),
                 if edge < 0 { 1000 } else { 9999 }
             );
         }

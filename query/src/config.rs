@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::config::{parse_or, var, var_or};
+use shared::env::{parse_or, var, var_or};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,7 +33,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let cache_ttl_secs = shared::config::cache_ttl_secs()?;
+        let cache_ttl_secs = shared::env::cache_ttl_secs()?;
         let export_stall_ms: u64 = parse_or("FEEDBACK_QUERY_EXPORT_STALL_MS", 60_000)?;
         anyhow::ensure!(
             (1_000..=600_000).contains(&export_stall_ms),
@@ -41,10 +41,10 @@ impl Config {
         );
         Ok(Self {
             addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
-            redis_url: shared::config::redis_url(),
-            mysql_url: shared::config::mysql_url(),
+            redis_url: shared::env::redis_url(),
+            mysql_url: shared::env::mysql_url(),
             mysql_read_url: var("FEEDBACK_MYSQL_READ_URL"),
-            jwt_secret: shared::config::jwt_secret()?,
+            jwt_secret: shared::env::jwt_secret()?,
             cache_ttl_secs,
             prewarm_courses: parse_or("FEEDBACK_PREWARM_COURSES", 100)?,
             redis_timeout: Duration::from_millis(parse_or("FEEDBACK_QUERY_REDIS_TIMEOUT_MS", 250)?),

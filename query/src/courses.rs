@@ -41,7 +41,7 @@ pub async fn list(
     let sql = format!(
         "SELECT course_id, responses, rating_sum, {} FROM course_stats
          ORDER BY responses DESC, course_id LIMIT ?",
-        shared::db::micros("updated_at")
+        shared::mysql::micros("updated_at")
     );
     let rows: Vec<(String, i64, i64, i64)> = db
         .within(async {

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -31,8 +30,9 @@ use shared::http::ApiError;
 use tokio::sync::mpsc;
 
 use crate::comments::{page, Cursor, Item};
-use crate::db::{Db, Unavailable};
-use crate::{params, AppState};
+use crate::params::CoursePath;
+use crate::read_model::{Db, Unavailable};
+use crate::AppState;
 
 /// Rows per database page and per streamed chunk.
 const PAGE_ROWS: u32 = 500;
@@ -49,9 +49,8 @@ type Chunk = Result<Bytes, Unavailable>;
 pub async fn csv(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<String>, PathRejection>,
+    CoursePath(course): CoursePath,
 ) -> Result<Response, ApiError> {
-    let course = params::course_id(path)?;
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     // Set when the producer gave up on a stalled or too slow client: the end
     // of its chunks is then a cut, not the end of the file.
@@ -66,7 +65,7 @@ pub async fn csv(
     let first = match rx.recv().await {
         Some(Ok(first)) => first,
         Some(Err(err)) => return Err(err.into()),
-        None => return Err(Unavailable("the export ended before its first page".into()).into()),
+        None => return Err(Unavailable::ExportEnded.into()),
     };
     let rest = futures::stream::unfold(Some(rx), move |rx| {
         let cut = cut.clone();
@@ -136,7 +135,7 @@ async fn produce_pages(
             // The last page was full: nothing more to send.
             break;
         }
-        let chunk = encode(first, &rows).map_err(|e| Unavailable(format!("encoding CSV: {e}")))?;
+        let chunk = encode(first, &rows).map_err(|e| Unavailable::Csv(Arc::new(e)))?;
         first = false;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if tx.send_timeout(Ok(chunk), stall.min(left)).await.is_err() {

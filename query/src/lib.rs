@@ -3,17 +3,22 @@
 //!
 //! Layout, following one request:
 //!
-//! - `lib.rs` (here): the router, its layers (request id, trace span, metrics
-//!   by matched route), `/readyz`, start-up and graceful shutdown.
-//! - `params.rs`: path and query parameters into the contract's 400/422.
+//! - `lib.rs` (here): the router with every service's layers
+//!   (`shared::http::with_service_layers`: request id, trace span, metrics by
+//!   matched route, the contract's 404/405/500), `/readyz`, start-up and
+//!   graceful shutdown.
+//! - `params.rs`: path and query parameters into the contract's 400/422
+//!   (the `{course_id}` segment by the `CoursePath` extractor).
 //!   Every `/v1` route takes the admin's JWT (`shared::auth::Admin`) first.
-//! - `stats.rs` → `cache.rs` → `redis_guard.rs`: stats from the Redis hash
+//! - `stats.rs` → `stats_cache.rs` → `redis_guard.rs`: stats from the Redis hash
 //!   `feedback:course:{course_id}` (one HMGET); on a miss from MySQL's
 //!   `course_stats`, filling Redis with the version-guarded fill and a
 //!   jittered TTL; concurrent misses share one MySQL read.
 //! - `comments.rs` (keyset pages of current responses, along the history's
 //!   `(course_id, submitted_at)` index), `export.rs` (the same
 //!   as streamed CSV), `trend.rs` (per day or week), `courses.rs` (most responses first).
+//! - `read_model.rs`: the MySQL tables these read (a replica when one is
+//!   set), every read under a time budget; a failed one answers 503.
 //! - `warm.rs`: the pre-warm at start and `query rebuild-cache`.
 //! - `admin.html`: the dashboard at `/admin`, self-contained.
 //!
@@ -30,15 +35,15 @@
 //!   a slightly older version; the aggregator's next delta for that course
 //!   finds the gap and deletes the hash, so it heals on the next change.
 
-pub mod cache;
 pub mod comments;
 pub mod config;
 pub mod courses;
-pub mod db;
 pub mod export;
 pub mod params;
+pub mod read_model;
 pub mod redis_guard;
 pub mod stats;
+pub mod stats_cache;
 pub mod time_fmt;
 pub mod tracking;
 pub mod trend;
@@ -56,14 +61,13 @@ use axum::routing::get;
 use axum::Router;
 use shared::auth::JwtKeys;
 use shared::breaker::State as BreakerState;
+use shared::metrics::names;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
-use cache::{Stats, Ttl};
 pub use config::Config;
-use db::Db;
+use read_model::Db;
 use redis_guard::GuardedRedis;
+use stats_cache::{Stats, Ttl};
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -98,9 +102,12 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         shared::metrics::install();
         shared::metrics::show_counters(&[
-            ("query_cache_fills_total", &[("outcome", "written")]),
-            ("query_cache_fills_total", &[("outcome", "refused")]),
-            ("query_cache_fills_total", &[("outcome", "unreachable")]),
+            (names::QUERY_CACHE_FILLS_TOTAL, &[("outcome", "written")]),
+            (names::QUERY_CACHE_FILLS_TOTAL, &[("outcome", "refused")]),
+            (
+                names::QUERY_CACHE_FILLS_TOTAL,
+                &[("outcome", "unreachable")],
+            ),
         ]);
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?);
         let db = Db::new(config.read_url(), config.mysql_timeout)?;
@@ -175,7 +182,7 @@ async fn prepare(state: AppState, config: Config) {
     loop {
         match tokio::time::timeout(
             Duration::from_secs(10),
-            shared::db::migrate(&config.mysql_url),
+            shared::mysql::migrate(&config.mysql_url),
         )
         .await
         {
@@ -208,48 +215,16 @@ async fn prepare(state: AppState, config: Config) {
 }
 
 pub fn router(state: AppState) -> Router {
-    let request_id = axum::http::HeaderName::from_static("x-request-id");
-    let not_allowed = shared::http::method_not_allowed;
     let routes = Router::new()
-        .route("/v1/courses", get(courses::list).fallback(not_allowed))
-        .route(
-            "/v1/courses/{course_id}/stats",
-            get(stats::stats).fallback(not_allowed),
-        )
-        .route(
-            "/v1/courses/{course_id}/feedback",
-            get(comments::list).fallback(not_allowed),
-        )
-        .route(
-            "/v1/courses/{course_id}/feedback.csv",
-            get(export::csv).fallback(not_allowed),
-        )
-        .route(
-            "/v1/courses/{course_id}/trend",
-            get(trend::trend).fallback(not_allowed),
-        )
+        .route("/v1/courses", get(courses::list))
+        .route("/v1/courses/{course_id}/stats", get(stats::stats))
+        .route("/v1/courses/{course_id}/feedback", get(comments::list))
+        .route("/v1/courses/{course_id}/feedback.csv", get(export::csv))
+        .route("/v1/courses/{course_id}/trend", get(trend::trend))
         .route("/admin", get(admin))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes());
-    // The fallbacks before the layers: a 404 or 405 gets the request id, the metrics and the trace too.
-    shared::http::fallbacks(routes)
-        .layer(shared::http::catch_panic())
-        .layer(axum::middleware::from_fn(shared::http::track_metrics))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::from_fn(shared::http::sanitize_request_id))
-        .with_state(state)
-}
-
-/// Each request's span, named by method and path, carrying the request id.
-fn request_span(request: &axum::extract::Request) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+    shared::http::with_service_layers(routes).with_state(state)
 }
 
 /// The dashboard may run its own inline script and styles and call this

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use shared::domain::CourseId;
 use shared::http::ApiError;
 
@@ -48,8 +49,24 @@ impl Params {
     }
 }
 
-/// The `{course_id}` path segment.
-pub fn course_id(path: Result<Path<String>, PathRejection>) -> Result<CourseId, ApiError> {
+/// The `{course_id}` path segment, parsed: a handler that takes one never
+/// sees an invalid course id, and one that cannot be had is the contract's
+/// error (400 `invalid_path` when the segment is not UTF-8, 422
+/// `invalid_value` when it is no course id), naming the field.
+#[derive(Debug, Clone)]
+pub struct CoursePath(pub CourseId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CoursePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let path = Path::<String>::from_request_parts(parts, state).await;
+        course_id(path).map(CoursePath)
+    }
+}
+
+/// The `{course_id}` segment as axum extracted it, into a [`CourseId`].
+fn course_id(path: Result<Path<String>, PathRejection>) -> Result<CourseId, ApiError> {
     let Path(raw) = path.map_err(|_| {
         ApiError::bad_request(
             "invalid_path",
@@ -91,6 +108,45 @@ mod tests {
         ] {
             let err = params(&[("limit", raw)]).limit(50, 200).unwrap_err();
             assert_eq!((err.status, err.field), (status, Some("limit")), "{raw}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_course_path_is_parsed_or_refused_with_the_contracts_error() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+
+        let app = axum::Router::new().route(
+            "/v1/courses/{course_id}/stats",
+            axum::routing::get(|CoursePath(course): CoursePath| async move { course.to_string() }),
+        );
+        let get = |path: &str| {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            app.clone().oneshot(request)
+        };
+        let response = get("/v1/courses/CS101/stats").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        for (path, status, code) in [
+            (
+                "/v1/courses/CS%20101/stats",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+            ),
+            (
+                "/v1/courses/%FF/stats",
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+            ),
+        ] {
+            let response = get(path).await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["error"]["code"], code, "{path}");
+            assert_eq!(body["error"]["field"], "course_id", "{path}");
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use shared::breaker::{Breaker, State};
+use shared::metrics::names;
 
 /// Redis was not asked (breaker open) or did not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +41,8 @@ impl GuardedRedis {
     /// A lazy connection to `url` (Redis need not be up yet).
     pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: shared::cache::connect(url, timeout)?,
-            breaker: Breaker::new("Redis", "query_redis_breaker_state"),
+            conn: shared::redis_hash::connect(url, timeout)?,
+            breaker: Breaker::new("Redis", names::QUERY_REDIS_BREAKER_STATE),
             healthy: AtomicBool::new(true),
             probing: AtomicBool::new(false),
             timeout,

@@ -1,16 +1,16 @@
 //! `GET /v1/courses/{course_id}/stats`: a course's numbers, from Redis or MySQL
-//! (`cache.rs` decides), in the contract's shape.
+//! (`stats_cache.rs` decides), in the contract's shape.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use shared::auth::Admin;
-use shared::db::StatsRow;
 use shared::http::ApiError;
+use shared::mysql::StatsRow;
 
-use crate::cache::Source;
-use crate::{params, time_fmt, AppState};
+use crate::params::CoursePath;
+use crate::stats_cache::Source;
+use crate::{time_fmt, AppState};
 
 #[derive(Debug, Serialize)]
 pub struct StatsBody {
@@ -69,9 +69,8 @@ pub fn average(rating_sum: i64, responses: i64) -> Option<f64> {
 pub async fn stats(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<String>, PathRejection>,
+    CoursePath(course): CoursePath,
 ) -> Result<Json<StatsBody>, ApiError> {
-    let course = params::course_id(path)?;
     let (row, source) = state.stats.get(&course).await?;
     Ok(Json(StatsBody::new(course.into(), &row, source)))
 }

@@ -7,7 +7,7 @@ use time::macros::format_description;
 /// fraction, others with all six digits (`.500000`, not `.5`, so that the
 /// fractions of one second line up).
 pub fn rfc3339(micros: i64) -> String {
-    let at = shared::db::from_micros(micros);
+    let at = shared::mysql::from_micros(micros);
     if micros.rem_euclid(1_000_000) == 0 {
         return at.format(&Rfc3339).unwrap_or_default();
     }

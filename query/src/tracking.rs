@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
-use shared::db::StatsRow;
+use shared::mysql::StatsRow;
 
-/// The hash key prefix of `shared::cache::course_key`.
+/// The hash key prefix of `shared::redis_hash::course_key`.
 const KEY_PREFIX: &str = "feedback:course:";
 
 /// More courses than this kept at once: forget them all and start again
@@ -189,7 +189,7 @@ impl Tracking {
     pub async fn read(self: &Arc<Self>, course: &str) -> RedisResult<Option<StatsRow>> {
         let (generation, mut conn) = self.connection().await?;
         let token = self.lock().mark(course, generation);
-        let result = shared::cache::read(&mut conn, course).await;
+        let result = shared::redis_hash::read(&mut conn, course).await;
         if let Some(token) = token {
             let row = result.as_ref().ok().and_then(Option::as_ref);
             self.lock().settle(course, token, generation, row);

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::Json;
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
@@ -20,7 +20,7 @@ use shared::auth::Admin;
 use shared::http::ApiError;
 use time::{Date, Duration, OffsetDateTime};
 
-use crate::params::{self, Params};
+use crate::params::{CoursePath, Params};
 use crate::stats::average;
 use crate::AppState;
 
@@ -167,10 +167,9 @@ pub struct TrendBody {
 pub async fn trend(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<String>, PathRejection>,
+    CoursePath(course): CoursePath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<TrendBody>, ApiError> {
-    let course = params::course_id(path)?;
     let range = Range::parse(&Params::parse(query)?, OffsetDateTime::now_utc().date())?;
     let db = &state.db;
     let sql = format!(
@@ -179,7 +178,7 @@ pub async fn trend(
          GROUP BY bucket",
         range.bucket.sql()
     );
-    let midnight = |day: Date| shared::db::datetime(day.midnight().assume_utc());
+    let midnight = |day: Date| shared::mysql::datetime(day.midnight().assume_utc());
     let rows: Vec<(String, i64, i64)> = db
         .within(async {
             let mut conn = db.conn().await?;

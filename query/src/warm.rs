@@ -1,7 +1,7 @@
 //! Filling Redis from MySQL in bulk: the pre-warm at start (the most active
 //! courses, in the background) and `query rebuild-cache` (every course).
 //!
-//! Both go through `shared::cache::Scripts::fill`, so neither can overwrite a
+//! Both go through `shared::redis_hash::Scripts::fill`, so neither can overwrite a
 //! newer hash the aggregator wrote meanwhile. The rebuild deletes a page of
 //! hashes *before* reading that page from MySQL: a delta landing in between
 //! finds no hash and leaves a floor, and a fill below the floor is refused, so
@@ -13,11 +13,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use mysql_async::prelude::Queryable;
 use redis::aio::ConnectionManager;
-use shared::cache::Scripts;
-use shared::db::StatsRow;
+use shared::mysql::StatsRow;
+use shared::redis_hash::Scripts;
 
-use crate::cache::{Stats, Ttl};
-use crate::db::{Db, Unavailable};
+use crate::read_model::{Db, Unavailable};
+use crate::stats_cache::{Stats, Ttl};
 
 /// Loads the `courses` courses with the most responses into Redis. Returns how many were written.
 pub async fn prewarm(stats: &Stats, db: &Db, courses: u32) -> Result<usize, Unavailable> {
@@ -26,9 +26,9 @@ pub async fn prewarm(stats: &Stats, db: &Db, courses: u32) -> Result<usize, Unav
     }
     let sql = format!(
         "SELECT {} FROM course_stats ORDER BY responses DESC, course_id LIMIT ?",
-        shared::db::stats_columns()
+        shared::mysql::stats_columns()
     );
-    let rows: Vec<shared::db::StatsColumns> = db
+    let rows: Vec<shared::mysql::StatsColumns> = db
         .within(async {
             let mut conn = db.conn().await?;
             Ok(conn.exec(sql, (courses,)).await?)
@@ -74,17 +74,20 @@ pub async fn rebuild(
         let Some(page_last) = ids.last().cloned() else {
             break;
         };
-        let keys: Vec<String> = ids.iter().map(|id| shared::cache::course_key(id)).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| shared::redis_hash::course_key(id))
+            .collect();
         redis::cmd("DEL")
             .arg(&keys)
             .query_async::<()>(&mut *redis)
             .await?;
-        let rows: Vec<shared::db::StatsColumns> = conn
+        let rows: Vec<shared::mysql::StatsColumns> = conn
             .exec(
                 format!(
                     "SELECT {} FROM course_stats WHERE course_id IN ({})",
-                    shared::db::stats_columns(),
-                    shared::db::placeholders(ids.len())
+                    shared::mysql::stats_columns(),
+                    shared::mysql::placeholders(ids.len())
                 ),
                 ids,
             )
@@ -106,13 +109,13 @@ pub async fn rebuild(
 
 /// `query rebuild-cache`: settings from the environment, a progress bar on stderr, totals on stdout.
 pub async fn rebuild_from_env(page_size: u32) -> anyhow::Result<()> {
-    let mysql_url = shared::config::mysql_url();
-    let ttl = Ttl(shared::config::parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?);
-    shared::db::migrate(&mysql_url)
+    let mysql_url = shared::env::mysql_url();
+    let ttl = Ttl(shared::env::parse_or("FEEDBACK_CACHE_TTL_SECS", 86_400)?);
+    shared::mysql::migrate(&mysql_url)
         .await
         .context("MySQL must be up to rebuild the cache")?;
     let db = Db::new(&mysql_url, Duration::from_secs(30))?;
-    let mut redis = shared::cache::connect(&shared::config::redis_url(), Duration::from_secs(2))?;
+    let mut redis = shared::redis_hash::connect(&shared::env::redis_url(), Duration::from_secs(2))?;
     let total: Option<u64> = db
         .conn()
         .await?

@@ -9,22 +9,26 @@
 //!   invalid value cannot exist past the edge that parsed it.
 //! - [`event`]: the `feedback.submitted` v1 event, as `schemas/feedback-submitted.v1.json` describes it.
 //! - [`auth`]: HS256 JWT verification and minting (students and admins).
-//! - [`http`]: the contract's error body and the health routes.
-//! - [`db`] and [`cache`]: the MySQL schema and the Redis course hash with its
-//!   version-guarded Lua scripts, written by the aggregator and read by query.
+//! - [`http`]: the contract's error body, the layers and fallbacks every
+//!   router gets, and the health routes; [`server`] serves such a router.
+//! - [`mysql`] and [`redis_hash`]: the MySQL schema and the Redis course hash
+//!   with its version-guarded Lua scripts, written by the aggregator and read
+//!   by query.
 //! - [`breaker`]: the circuit breaker in front of Kafka (ingest) and Redis (query).
-//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`kafka`]: start-up plumbing.
+//! - [`metrics`]: the recorder, and every metric's name with its HELP text.
+//! - [`shutdown`]: the signal, and the `Stop` every task of a service waits on.
+//! - [`env`](mod@env), [`telemetry`], [`kafka`]: start-up plumbing.
 
 pub mod auth;
 pub mod breaker;
-pub mod cache;
-pub mod config;
-pub mod db;
 pub mod domain;
+pub mod env;
 pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod mysql;
+pub mod redis_hash;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

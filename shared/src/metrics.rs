@@ -24,53 +24,101 @@ pub enum Kind {
     Histogram,
 }
 
+/// Every metric's name, declared once: the services record under these
+/// constants, and [`CATALOG`] gives each its kind and HELP text.
+pub mod names {
+    // All three services.
+    pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+    pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+    // ingest
+    pub const INGEST_PRODUCE_DURATION_SECONDS: &str = "ingest_produce_duration_seconds";
+    pub const INGEST_BREAKER_STATE: &str = "ingest_breaker_state";
+    pub const INGEST_SPOOL_DEPTH: &str = "ingest_spool_depth";
+    pub const INGEST_SPOOL_BYTES: &str = "ingest_spool_bytes";
+    pub const INGEST_SPOOL_MAX_BYTES: &str = "ingest_spool_max_bytes";
+    pub const INGEST_SPOOL_FULL_TOTAL: &str = "ingest_spool_full_total";
+    pub const INGEST_SPOOL_REPLAYED_TOTAL: &str = "ingest_spool_replayed_total";
+    pub const INGEST_SPOOL_UNREADABLE_TOTAL: &str = "ingest_spool_unreadable_total";
+    pub const INGEST_SPOOL_GROUP_COMMIT_SIZE: &str = "ingest_spool_group_commit_size";
+    pub const INGEST_PRODUCER_RENEWALS_TOTAL: &str = "ingest_producer_renewals_total";
+    pub const INGEST_RATE_LIMITED_TOTAL: &str = "ingest_rate_limited_total";
+    pub const INGEST_RATE_LIMIT_KEYS: &str = "ingest_rate_limit_keys";
+    pub const INGEST_SENSITIVE_TOTAL: &str = "ingest_sensitive_total";
+    pub const INGEST_IDEMPOTENT_REPLAYS_TOTAL: &str = "ingest_idempotent_replays_total";
+    // aggregator
+    pub const AGGREGATOR_CONSUMER_LAG: &str = "aggregator_consumer_lag";
+    pub const AGGREGATOR_BATCH_SIZE: &str = "aggregator_batch_size";
+    pub const AGGREGATOR_BATCH_DURATION_SECONDS: &str = "aggregator_batch_duration_seconds";
+    pub const AGGREGATOR_BATCH_STEP_SECONDS: &str = "aggregator_batch_step_seconds";
+    pub const AGGREGATOR_EVENTS_APPLIED_TOTAL: &str = "aggregator_events_applied_total";
+    pub const AGGREGATOR_DUPLICATES_SKIPPED_TOTAL: &str = "aggregator_duplicates_skipped_total";
+    pub const AGGREGATOR_REDELIVERED_BATCHES_TOTAL: &str = "aggregator_redelivered_batches_total";
+    pub const AGGREGATOR_DLQ_TOTAL: &str = "aggregator_dlq_total";
+    pub const AGGREGATOR_DLQ_FAILED_TOTAL: &str = "aggregator_dlq_failed_total";
+    pub const AGGREGATOR_REBALANCES_TOTAL: &str = "aggregator_rebalances_total";
+    pub const AGGREGATOR_OFFSETS_REWOUND_TOTAL: &str = "aggregator_offsets_rewound_total";
+    pub const AGGREGATOR_SINK_CONFLICTS_TOTAL: &str = "aggregator_sink_conflicts_total";
+    pub const AGGREGATOR_SINK_FAILURES_TOTAL: &str = "aggregator_sink_failures_total";
+    pub const AGGREGATOR_REDIS_UP: &str = "aggregator_redis_up";
+    pub const AGGREGATOR_REDIS_INVALIDATIONS_TOTAL: &str = "aggregator_redis_invalidations_total";
+    pub const AGGREGATOR_REDIS_REPAIRS_TOTAL: &str = "aggregator_redis_repairs_total";
+    // query
+    pub const QUERY_CACHE_HITS_TOTAL: &str = "query_cache_hits_total";
+    pub const QUERY_CACHE_KEPT_HITS_TOTAL: &str = "query_cache_kept_hits_total";
+    pub const QUERY_CACHE_MISSES_TOTAL: &str = "query_cache_misses_total";
+    pub const QUERY_CACHE_FALLBACKS_TOTAL: &str = "query_cache_fallbacks_total";
+    pub const QUERY_MYSQL_LOADS_TOTAL: &str = "query_mysql_loads_total";
+    pub const QUERY_CACHE_FILLS_TOTAL: &str = "query_cache_fills_total";
+    pub const QUERY_REDIS_BREAKER_STATE: &str = "query_redis_breaker_state";
+}
+
 /// Every metric the services export, with its HELP text: the one list an
 /// operator (and the dashboard and alert rules in `deploy/`) can read them from.
 #[rustfmt::skip]
 pub const CATALOG: &[(&str, Kind, &str)] = &[
     // All three services.
-    ("http_requests_total", Kind::Counter, "HTTP requests answered, by matched route, method and status code."),
-    ("http_request_duration_seconds", Kind::Histogram, "Time from a request's arrival to its answer's head, by matched route and method."),
+    (names::HTTP_REQUESTS_TOTAL, Kind::Counter, "HTTP requests answered, by matched route, method and status code."),
+    (names::HTTP_REQUEST_DURATION_SECONDS, Kind::Histogram, "Time from a request's arrival to its answer's head, by matched route and method."),
     // ingest
-    ("ingest_produce_duration_seconds", Kind::Histogram, "Time for Kafka to acknowledge one submission."),
-    ("ingest_breaker_state", Kind::Gauge, "Kafka circuit breaker: 0 closed, 1 open (submissions spool), 2 half-open."),
-    ("ingest_spool_depth", Kind::Gauge, "Submissions on the disk spool waiting for Kafka."),
-    ("ingest_spool_bytes", Kind::Gauge, "Bytes of submissions on the disk spool."),
-    ("ingest_spool_max_bytes", Kind::Gauge, "The spool's cap in bytes (FEEDBACK_SPOOL_MAX_BYTES); a full spool answers 503."),
-    ("ingest_spool_full_total", Kind::Counter, "Submissions refused with 503 because the spool was full."),
-    ("ingest_spool_replayed_total", Kind::Counter, "Spooled submissions delivered to Kafka after an outage."),
-    ("ingest_spool_unreadable_total", Kind::Counter, "Spool records that could not be decoded and were moved aside."),
-    ("ingest_spool_group_commit_size", Kind::Histogram, "Submissions synced to disk together in one spool commit."),
-    ("ingest_producer_renewals_total", Kind::Counter, "Kafka producers replaced after librdkafka declared one dead."),
-    ("ingest_rate_limited_total", Kind::Counter, "Submissions refused with 429, by limit (student or address)."),
-    ("ingest_rate_limit_keys", Kind::Gauge, "Students or addresses the rate limiter tracks, by limit."),
-    ("ingest_sensitive_total", Kind::Counter, "Comments with sensitive words, by action (masked or rejected)."),
-    ("ingest_idempotent_replays_total", Kind::Counter, "Requests answered again from an earlier answer under the same Idempotency-Key."),
+    (names::INGEST_PRODUCE_DURATION_SECONDS, Kind::Histogram, "Time for Kafka to acknowledge one submission."),
+    (names::INGEST_BREAKER_STATE, Kind::Gauge, "Kafka circuit breaker: 0 closed, 1 open (submissions spool), 2 half-open."),
+    (names::INGEST_SPOOL_DEPTH, Kind::Gauge, "Submissions on the disk spool waiting for Kafka."),
+    (names::INGEST_SPOOL_BYTES, Kind::Gauge, "Bytes of submissions on the disk spool."),
+    (names::INGEST_SPOOL_MAX_BYTES, Kind::Gauge, "The spool's cap in bytes (FEEDBACK_SPOOL_MAX_BYTES); a full spool answers 503."),
+    (names::INGEST_SPOOL_FULL_TOTAL, Kind::Counter, "Submissions refused with 503 because the spool was full."),
+    (names::INGEST_SPOOL_REPLAYED_TOTAL, Kind::Counter, "Spooled submissions delivered to Kafka after an outage."),
+    (names::INGEST_SPOOL_UNREADABLE_TOTAL, Kind::Counter, "Spool records that could not be decoded and were moved aside."),
+    (names::INGEST_SPOOL_GROUP_COMMIT_SIZE, Kind::Histogram, "Submissions synced to disk together in one spool commit."),
+    (names::INGEST_PRODUCER_RENEWALS_TOTAL, Kind::Counter, "Kafka producers replaced after librdkafka declared one dead."),
+    (names::INGEST_RATE_LIMITED_TOTAL, Kind::Counter, "Submissions refused with 429, by limit (student or address)."),
+    (names::INGEST_RATE_LIMIT_KEYS, Kind::Gauge, "Students or addresses the rate limiter tracks, by limit."),
+    (names::INGEST_SENSITIVE_TOTAL, Kind::Counter, "Comments with sensitive words, by action (masked or rejected)."),
+    (names::INGEST_IDEMPOTENT_REPLAYS_TOTAL, Kind::Counter, "Requests answered again from an earlier answer under the same Idempotency-Key."),
     // aggregator
-    ("aggregator_consumer_lag", Kind::Gauge, "Messages behind the end of each partition this replica owns (0 for the others)."),
-    ("aggregator_batch_size", Kind::Histogram, "Events in one MySQL transaction."),
-    ("aggregator_batch_duration_seconds", Kind::Histogram, "Time to commit one batch to MySQL."),
-    ("aggregator_batch_step_seconds", Kind::Histogram, "Time of each step of a batch (statements, commit, Redis update), by step."),
-    ("aggregator_events_applied_total", Kind::Counter, "Events newly written to MySQL."),
-    ("aggregator_duplicates_skipped_total", Kind::Counter, "Events skipped because their feedback_id was already applied."),
-    ("aggregator_redelivered_batches_total", Kind::Counter, "Batches that overlapped offsets already in MySQL and were written again past them."),
-    ("aggregator_dlq_total", Kind::Counter, "Messages sent to the dead-letter topic (undecodable or invalid)."),
-    ("aggregator_dlq_failed_total", Kind::Counter, "Poison messages that could not be written to the dead-letter topic after five tries and were skipped (logged with partition and offset)."),
-    ("aggregator_rebalances_total", Kind::Counter, "Consumer group rebalances this replica went through."),
-    ("aggregator_offsets_rewound_total", Kind::Counter, "Partitions restarted from the log's start because Kafka lost the recorded offset."),
-    ("aggregator_sink_conflicts_total", Kind::Counter, "Batch transactions rolled back on a deadlock or a lost offset race, then retried."),
-    ("aggregator_sink_failures_total", Kind::Counter, "Batch transactions that failed on a MySQL error, then retried."),
-    ("aggregator_redis_up", Kind::Gauge, "1 while the aggregator's Redis updates succeed, 0 while Redis is unreachable."),
-    ("aggregator_redis_invalidations_total", Kind::Counter, "Course hashes dropped from Redis because an update could not be applied."),
-    ("aggregator_redis_repairs_total", Kind::Counter, "Course hashes rewritten from MySQL, by reason (outage or reconcile)."),
+    (names::AGGREGATOR_CONSUMER_LAG, Kind::Gauge, "Messages behind the end of each partition this replica owns (0 for the others)."),
+    (names::AGGREGATOR_BATCH_SIZE, Kind::Histogram, "Events in one MySQL transaction."),
+    (names::AGGREGATOR_BATCH_DURATION_SECONDS, Kind::Histogram, "Time to commit one batch to MySQL."),
+    (names::AGGREGATOR_BATCH_STEP_SECONDS, Kind::Histogram, "Time of each step of a batch (statements, commit, Redis update), by step."),
+    (names::AGGREGATOR_EVENTS_APPLIED_TOTAL, Kind::Counter, "Events newly written to MySQL."),
+    (names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL, Kind::Counter, "Events skipped because their feedback_id was already applied."),
+    (names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL, Kind::Counter, "Batches that overlapped offsets already in MySQL and were written again past them."),
+    (names::AGGREGATOR_DLQ_TOTAL, Kind::Counter, "Messages sent to the dead-letter topic (undecodable or invalid)."),
+    (names::AGGREGATOR_DLQ_FAILED_TOTAL, Kind::Counter, "Poison messages that could not be written to the dead-letter topic after five tries and were skipped (logged with partition and offset)."),
+    (names::AGGREGATOR_REBALANCES_TOTAL, Kind::Counter, "Consumer group rebalances this replica went through."),
+    (names::AGGREGATOR_OFFSETS_REWOUND_TOTAL, Kind::Counter, "Partitions restarted from the log's start because Kafka lost the recorded offset."),
+    (names::AGGREGATOR_SINK_CONFLICTS_TOTAL, Kind::Counter, "Batch transactions rolled back on a deadlock or a lost offset race, then retried."),
+    (names::AGGREGATOR_SINK_FAILURES_TOTAL, Kind::Counter, "Batch transactions that failed on a MySQL error, then retried."),
+    (names::AGGREGATOR_REDIS_UP, Kind::Gauge, "1 while the aggregator's Redis updates succeed, 0 while Redis is unreachable."),
+    (names::AGGREGATOR_REDIS_INVALIDATIONS_TOTAL, Kind::Counter, "Course hashes dropped from Redis because an update could not be applied."),
+    (names::AGGREGATOR_REDIS_REPAIRS_TOTAL, Kind::Counter, "Course hashes rewritten from MySQL, by reason (outage or reconcile)."),
     // query
-    ("query_cache_hits_total", Kind::Counter, "Stats answered from the cache."),
-    ("query_cache_kept_hits_total", Kind::Counter, "Cache hits answered from the copy tracked in memory, without a Redis call."),
-    ("query_cache_misses_total", Kind::Counter, "Stats not in Redis, read from MySQL."),
-    ("query_cache_fallbacks_total", Kind::Counter, "Stats answered from MySQL because Redis was unavailable."),
-    ("query_mysql_loads_total", Kind::Counter, "MySQL reads of a course's stats."),
-    ("query_cache_fills_total", Kind::Counter, "Redis fills after a miss, by outcome."),
-    ("query_redis_breaker_state", Kind::Gauge, "Redis circuit breaker: 0 closed, 1 open (answers from MySQL), 2 half-open."),
+    (names::QUERY_CACHE_HITS_TOTAL, Kind::Counter, "Stats answered from the cache."),
+    (names::QUERY_CACHE_KEPT_HITS_TOTAL, Kind::Counter, "Cache hits answered from the copy tracked in memory, without a Redis call."),
+    (names::QUERY_CACHE_MISSES_TOTAL, Kind::Counter, "Stats not in Redis, read from MySQL."),
+    (names::QUERY_CACHE_FALLBACKS_TOTAL, Kind::Counter, "Stats answered from MySQL because Redis was unavailable."),
+    (names::QUERY_MYSQL_LOADS_TOTAL, Kind::Counter, "MySQL reads of a course's stats."),
+    (names::QUERY_CACHE_FILLS_TOTAL, Kind::Counter, "Redis fills after a miss, by outcome."),
+    (names::QUERY_REDIS_BREAKER_STATE, Kind::Gauge, "Redis circuit breaker: 0 closed, 1 open (answers from MySQL), 2 half-open."),
 ];
 
 /// The process's recorder handle, installing it on first use.
@@ -153,7 +201,7 @@ mod tests {
     #[test]
     fn a_described_metric_renders_with_its_help() {
         let handle = handle();
-        metrics::counter!("ingest_spool_full_total").increment(0);
+        metrics::counter!(names::INGEST_SPOOL_FULL_TOTAL).increment(0);
         let text = handle.render();
         assert!(
             text.contains("# HELP ingest_spool_full_total Submissions refused with 503"),

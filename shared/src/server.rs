@@ -35,7 +35,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` until `shutdown` completes, then lets the requests in flight
 /// finish (idle connections are closed at once). Connections run as tasks of
-/// the caller's runtime.
+/// the caller's runtime. `app` answers 404 and 405 itself: the services'
+/// routers have the contract's fallbacks from `http::with_service_layers`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -72,12 +73,6 @@ async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     threads: Option<&ConnectionThreads>,
 ) -> io::Result<()> {
-    let app = app
-        // A net for a route that set none (the services set theirs with
-        // `http::fallbacks`, before their layers, which this would bypass).
-        // No such net for the 404: `fallback` here would replace the
-        // service's own.
-        .method_not_allowed_fallback(crate::http::method_not_allowed);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -14,7 +14,7 @@ pub fn init() {
         .with_env_filter(filter)
         .with_target(true)
         .with_ansi(std::io::stdout().is_terminal());
-    let result = if crate::config::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
+    let result = if crate::env::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()

@@ -20,6 +20,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Offset;
+use shared::metrics::names;
 use tokio::sync::mpsc::UnboundedSender;
 
 use start_offsets::{claim_offsets_blocking, rewind_offset_blocking};
@@ -48,7 +49,7 @@ impl ClientContext for AggregatorContext {
                 // the replicas' figures add up to the group's lag instead of
                 // one keeping a revoked partition's last figure for good.
                 if *partition >= 0 {
-                    metrics::gauge!("aggregator_consumer_lag", "partition" => partition.to_string())
+                    metrics::gauge!(names::AGGREGATOR_CONSUMER_LAG, "partition" => partition.to_string())
                         .set(stats.consumer_lag.max(0) as f64);
                 }
             }
@@ -107,7 +108,7 @@ impl ConsumerContext for AggregatorContext {
                 }
             }
         }
-        metrics::counter!("aggregator_rebalances_total").increment(1);
+        metrics::counter!(names::AGGREGATOR_REBALANCES_TOTAL).increment(1);
     }
 }
 
@@ -156,7 +157,7 @@ impl AggregatorContext {
                         "MySQL's offset lies past the end of Kafka's log (the log was lost): \
                          reading the partition again from its beginning"
                     );
-                    metrics::counter!("aggregator_offsets_rewound_total").increment(1);
+                    metrics::counter!(names::AGGREGATOR_OFFSETS_REWOUND_TOTAL).increment(1);
                     *next = to;
                 }
                 Err(err) => tracing::error!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Pool, Value};
-use shared::db::datetime;
+use shared::mysql::datetime;
 
 use crate::sink::{connect, SinkError};
 
@@ -118,7 +118,7 @@ where
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let pool = shared::db::pool(&url)?;
+            let pool = shared::mysql::pool(&url)?;
             let result = tokio::time::timeout(Duration::from_secs(5), work(pool.clone()))
                 .await
                 .map_err(|_| anyhow::anyhow!("timed out {what}"))?

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Transaction, Value};
-use shared::db::{datetime, from_micros, micros};
+use shared::mysql::{datetime, from_micros, micros};
 
 use super::shapes::{padded, INSERT_ROWS};
 use super::{Received, SinkError};

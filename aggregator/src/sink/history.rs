@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Transaction, Value};
-use shared::db::{datetime, micros, placeholders};
+use shared::mysql::{datetime, micros, placeholders};
 
 use super::shapes::INSERT_ROWS;
 use super::{Received, SinkError};

@@ -36,9 +36,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use mysql_async::{Pool, TxOpts};
-use shared::cache::Delta;
-use shared::db::datetime;
 use shared::event::FeedbackSubmitted;
+use shared::metrics::names;
+use shared::mysql::datetime;
+use shared::redis_hash::Delta;
 
 use crate::counting;
 use crate::steps::Steps;
@@ -116,7 +117,7 @@ pub async fn commit_batch(
         if let Some(committed) = commit_as(pool, topic, events, consumed, resume).await? {
             return Ok(committed);
         }
-        metrics::counter!("aggregator_redelivered_batches_total").increment(1);
+        metrics::counter!(names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL).increment(1);
         resume = Resume::Read;
     }
 }

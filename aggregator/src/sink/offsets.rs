@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Transaction, Value};
-use shared::db::placeholders;
+use shared::mysql::placeholders;
 
 use super::shapes::{padded, PARTITION_ROWS};
 use super::{Received, Resume, SinkError};

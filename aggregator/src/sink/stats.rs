@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Transaction, Value};
-use shared::cache::Delta;
-use shared::db::{datetime, placeholders};
+use shared::mysql::{datetime, placeholders};
+use shared::redis_hash::Delta;
 
 use super::shapes::{padded, INSERT_ROWS};
 use super::{Received, SinkError};

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff};
 use rdkafka::message::{Message, OwnedMessage};
 use shared::event::FeedbackSubmitted;
-use tokio::sync::{mpsc, watch};
+use shared::metrics::names;
+use shared::shutdown::Stop;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Worker;
@@ -41,12 +43,7 @@ pub(super) fn weight(message: &OwnedMessage) -> usize {
 }
 
 /// Starts lane `index`.
-pub(super) fn spawn(
-    worker: Arc<Worker>,
-    index: usize,
-    deltas: DeltaQueue,
-    stop: watch::Receiver<bool>,
-) -> Lane {
+pub(super) fn spawn(worker: Arc<Worker>, index: usize, deltas: DeltaQueue, stop: Stop) -> Lane {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(run(worker, index, rx, queued.clone(), deltas, stop));
@@ -60,20 +57,20 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<LaneInput>,
     queued: Arc<AtomicUsize>,
     deltas: DeltaQueue,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let config = &worker.config;
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
     loop {
-        if !first_message(&mut rx, &mut batch, &mut stop).await {
+        if !first_message(&mut rx, &mut batch, &stop).await {
             return;
         }
-        fill(&mut rx, &mut batch, config, &queued, &mut stop).await;
+        fill(&mut rx, &mut batch, config, &queued, &stop).await;
         if batch.is_empty() {
             continue;
         }
         let chunk = decode(&worker.dead_letters, &batch).await;
-        if !commit_and_pass_on(&worker, index, &chunk, &deltas, &mut stop).await {
+        if !commit_and_pass_on(&worker, index, &chunk, &deltas, &stop).await {
             tracing::info!(
                 lane = index,
                 messages = batch.len(),
@@ -83,7 +80,7 @@ async fn run(
         }
         queued.fetch_sub(batch.iter().map(weight).sum(), Ordering::Relaxed);
         batch.clear();
-        if *stop.borrow() {
+        if stop.is_triggered() {
             return;
         }
     }
@@ -94,12 +91,12 @@ async fn run(
 async fn first_message(
     rx: &mut mpsc::UnboundedReceiver<LaneInput>,
     batch: &mut Vec<OwnedMessage>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) -> bool {
     while batch.is_empty() {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return false,
+            () = stop.wait() => return false,
             input = rx.recv() => match input {
                 None => return false,
                 Some(LaneInput::Message(message)) => batch.push(message),
@@ -118,13 +115,13 @@ async fn fill(
     batch: &mut Vec<OwnedMessage>,
     config: &Config,
     queued: &AtomicUsize,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) {
     let deadline = tokio::time::Instant::now() + config.linger;
-    while batch.len() < config.batch_size && !*stop.borrow() {
+    while batch.len() < config.batch_size && !stop.is_triggered() {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = stop.wait() => break,
             _ = tokio::time::sleep_until(deadline) => break,
             input = rx.recv() => match input {
                 None => break,
@@ -196,7 +193,7 @@ async fn commit_and_pass_on(
     index: usize,
     chunk: &Chunk,
     deltas: &DeltaQueue,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) -> bool {
     let started = Instant::now();
     let Some(committed) = commit_with_retries(worker, index, chunk, stop).await else {
@@ -206,11 +203,12 @@ async fn commit_and_pass_on(
     worker.advisory.record(&chunk.consumed);
     worker.advisory.send_when_due(worker);
 
-    metrics::histogram!("aggregator_batch_size").record(chunk.messages as f64);
-    metrics::histogram!("aggregator_batch_duration_seconds")
+    metrics::histogram!(names::AGGREGATOR_BATCH_SIZE).record(chunk.messages as f64);
+    metrics::histogram!(names::AGGREGATOR_BATCH_DURATION_SECONDS)
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("aggregator_events_applied_total").increment(committed.applied as u64);
-    metrics::counter!("aggregator_duplicates_skipped_total").increment(committed.duplicates as u64);
+    metrics::counter!(names::AGGREGATOR_EVENTS_APPLIED_TOTAL).increment(committed.applied as u64);
+    metrics::counter!(names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL)
+        .increment(committed.duplicates as u64);
     tracing::debug!(
         lane = index,
         messages = chunk.messages,
@@ -231,7 +229,7 @@ async fn commit_with_retries(
     worker: &Worker,
     index: usize,
     chunk: &Chunk,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) -> Option<Committed> {
     let mut backoff = outage_backoff();
     let mut conflicts = conflict_backoff();
@@ -242,7 +240,7 @@ async fn commit_with_retries(
             Ok(committed) => break committed,
             Err(SinkError::Conflict(err)) => {
                 tracing::debug!(%err, lane = index, "transaction conflict; retrying");
-                metrics::counter!("aggregator_sink_conflicts_total").increment(1);
+                metrics::counter!(names::AGGREGATOR_SINK_CONFLICTS_TOTAL).increment(1);
                 // A short random pause, so that lanes that deadlocked do not
                 // take the same locks again in step and deadlock anew.
                 tokio::time::sleep(conflicts.next().unwrap_or(CONFLICT_MAX)).await;
@@ -253,11 +251,11 @@ async fn commit_with_retries(
                     worker.health.lane_failing();
                     tracing::warn!(%err, lane = index, "MySQL unavailable: lane paused, retrying");
                 }
-                metrics::counter!("aggregator_sink_failures_total").increment(1);
+                metrics::counter!(names::AGGREGATOR_SINK_FAILURES_TOTAL).increment(1);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(3));
                 tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stop| *stop) => {
+                    () = stop.wait() => {
                         worker.health.lane_stopped_failing();
                         return None;
                     }

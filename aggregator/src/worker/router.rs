@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use tokio::sync::{mpsc, watch};
+use shared::shutdown::Stop;
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 
 use super::lane::{self, Lane, LaneInput};
@@ -26,18 +27,18 @@ fn lane_of(partition: i32, lanes: usize) -> usize {
     partition.rem_euclid(lanes as i32) as usize
 }
 
-/// Runs the router and the lanes until `stop` turns true; each lane finishes
+/// Runs the router and the lanes until `stop` is triggered; each lane finishes
 /// the batch in hand (or abandons it while MySQL is down), then this returns.
 pub(crate) async fn run(
     worker: Arc<Worker>,
     mut rebalances: mpsc::UnboundedReceiver<Rebalanced>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let (deltas, redis_task) = worker.redis.spawn_queue();
     let lanes: Vec<Lane> = (0..worker.config.lanes)
         .map(|index| lane::spawn(worker.clone(), index, deltas.clone(), stop.clone()))
         .collect();
-    route(&worker, &mut rebalances, &lanes, &mut stop).await;
+    route(&worker, &mut rebalances, &lanes, &stop).await;
     wind_down(&worker, lanes, deltas, redis_task).await;
 }
 
@@ -46,7 +47,7 @@ async fn route(
     worker: &Worker,
     rebalances: &mut mpsc::UnboundedReceiver<Rebalanced>,
     lanes: &[Lane],
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stop,
 ) {
     let mut paused = false;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -58,7 +59,7 @@ async fn route(
             .any(|lane| lane.queued.load(Ordering::Relaxed) >= LANE_BYTES);
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = stop.wait() => break,
             message = worker.consumer.recv(), if failing || !behind => match message {
                 Ok(message) => {
                     let message = message.detach();

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use shared::metrics::names;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Disk, SpoolError};
@@ -64,7 +65,7 @@ async fn run(disk: Disk, mut queue: mpsc::Receiver<Request>, spooled: Arc<Notify
             .map(|_| ())
             .map_err(SpoolError::from);
         disk.counters.flushes.fetch_add(1, Ordering::AcqRel);
-        metrics::histogram!("ingest_spool_group_commit_size").record(applied.len() as f64);
+        metrics::histogram!(names::INGEST_SPOOL_GROUP_COMMIT_SIZE).record(applied.len() as f64);
         for (done, result) in applied {
             // A write applied but not flushed is not durable: it failed too.
             let _ = done.send(result.and_then(|()| flushed.clone()));

@@ -1,0 +1,7 @@
+//! Ingest's integration tests, in one binary (one link): all of them but the
+//! Kafka outage, which has a binary of its own (`kafka_outage.rs`) so that no
+//! test here sees the shared broker go away.
+
+mod api;
+mod connections;
+mod spool;

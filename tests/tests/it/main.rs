@@ -1,0 +1,7 @@
+//! The tests of the three services together, and of the stack under them,
+//! in one binary: the end-to-end run, the servers of `scripts/infra.sh`
+//! answering, and `schemas/openapi.yaml` against the routers.
+
+mod end_to_end;
+mod infrastructure;
+mod openapi;
