@@ -24,7 +24,8 @@ chmod -R u+w "$db"
 git -C "$db" init -q
 git -C "$db" -c user.name=deny -c user.email=deny@localhost add -A
 git -C "$db" -c user.name=deny -c user.email=deny@localhost commit -q -m snapshot
-echo "deny: the advisory snapshot $(grep -o 'commit `[0-9a-f]*` of [0-9-]*' "$snapshot/../ADVISORY-DB.md" 2>/dev/null || echo "in $snapshot")"
+echo "deny: the advisory snapshot $(tr '\n' ' ' <"$snapshot/../ADVISORY-DB.md" 2>/dev/null |
+  grep -o 'commit `[0-9a-f]*` of [0-9-]*' || echo "in $snapshot")"
 
 # cargo metadata, offline, needs every platform's crates on disk.
 cargo fetch -q
