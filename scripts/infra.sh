@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The real stack on loopback, without Docker: Kafka (single-node KRaft), Redis, MariaDB.
+# The real stack on loopback, without Docker: Kafka (single-node KRaft), Redis,
+# MariaDB, and Keycloak as the OIDC identity provider (realm `feedback`).
 #
 #   scripts/infra.sh up|down|status
-#   scripts/infra.sh jars           (Kafka's jars into the cache, nothing started)
-#   scripts/infra.sh start|stop|kill kafka|redis|mysql     (kill = SIGKILL)
+#   scripts/infra.sh jars           (Kafka's jars, Keycloak's zip into the cache; nothing started)
+#   scripts/infra.sh start|stop|kill kafka|redis|mysql|keycloak     (kill = SIGKILL)
 #
 # `up` installs what is missing (apt for Redis and MariaDB, Maven Central for
-# Kafka's jars, cached outside the repo), starts each service and waits until it
-# answers a real request. Idempotent: a second `up` finds everything answering
-# and changes nothing. Data lives in var/infra/ (git-ignored).
+# Kafka's jars and Keycloak's distribution, cached outside the repo), starts
+# each service and waits until it answers a real request. Idempotent: a second
+# `up` finds everything answering and changes nothing. Data lives in var/infra/
+# (git-ignored).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +21,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POINTER=/tmp/feedback-infra-9092.state
 STATE=${FEEDBACK_INFRA_DIR:-$ROOT/var/infra}
 if [[ -z ${FEEDBACK_INFRA_DIR:-} && -s $POINTER ]] && [[ -d $(cat "$POINTER") ]] &&
-  ss -Hltn 'sport = :9092 or sport = :6379 or sport = :3306' 2>/dev/null | grep -q .; then
+  ss -Hltn 'sport = :9092 or sport = :6379 or sport = :3306 or sport = :8180' 2>/dev/null | grep -q .; then
   STATE=$(cat "$POINTER")
 fi
 KAFKA_VERSION=4.1.1
@@ -28,6 +30,15 @@ KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 REDIS_PORT=6379
 MYSQL_PORT=3306
+# Keycloak 24 (the last release line that runs on Java 17), the quarkus
+# distribution from Maven Central. 24 serves everything, health included, on
+# its one HTTP port (the separate management port came with 25).
+KEYCLOAK_VERSION=24.0.5
+KEYCLOAK_SHA1=785edd96e7eaa3d84ab22f91c504a0cf25d52552
+KEYCLOAK_CACHE=${FEEDBACK_KEYCLOAK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/feedback/keycloak-$KEYCLOAK_VERSION}
+KEYCLOAK_PORT=8180
+KEYCLOAK_REALM=feedback
+KEYCLOAK_ISSUER=http://127.0.0.1:$KEYCLOAK_PORT/realms/$KEYCLOAK_REALM
 # Short socket path: unix sockets are limited to about 107 bytes.
 MYSQL_SOCKET=/tmp/feedback-mysqld-$MYSQL_PORT.sock
 
@@ -38,6 +49,8 @@ die() { say "error: $*" >&2; exit 1; }
 redis_ping() { timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 mysql_ping() { mariadb -h 127.0.0.1 -P "$MYSQL_PORT" -u root --connect-timeout=2 -N -e 'SELECT 1' >/dev/null 2>&1; }
 kafka_ping() { python3 "$ROOT/scripts/lib/kafka_probe.py" "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1; }
+# The realm's discovery document: the server is up and the realm imported.
+keycloak_ping() { curl -fsS -m 3 -o /dev/null "$KEYCLOAK_ISSUER/.well-known/openid-configuration" 2>/dev/null; }
 
 # wait_for NAME SECONDS [PID]: polls NAME's probe once a second, printing
 # progress; gives up at once when PID (the process just started) has exited.
@@ -80,7 +93,11 @@ require_free_port() {
   fi
 }
 pid_file() { echo "$STATE/$1/$1.pid"; }
-port_of() { case $1 in kafka) echo $KAFKA_PORT ;; redis) echo $REDIS_PORT ;; mysql) echo $MYSQL_PORT ;; esac; }
+port_of() {
+  case $1 in
+    kafka) echo $KAFKA_PORT ;; redis) echo $REDIS_PORT ;; mysql) echo $MYSQL_PORT ;; keycloak) echo $KEYCLOAK_PORT ;;
+  esac
+}
 
 # The pid of the process listening on NAME's port (whoever started it), else the pid file's.
 pid_of() {
@@ -145,6 +162,7 @@ install_packages() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v ss >/dev/null || missing+=(iproute2)
   command -v curl >/dev/null || missing+=(curl)
+  command -v unzip >/dev/null || missing+=(unzip)
   # promtool checks and unit-tests the alert rules (scripts/test.sh); Debian
   # ships it with the server, which is not started.
   command -v promtool >/dev/null || missing+=(prometheus)
@@ -170,6 +188,33 @@ install_kafka() {
   [[ -f $KAFKA_CACHE/lib/kafka_2.13-$KAFKA_VERSION.jar ]] || die "Kafka jars did not resolve"
   touch "$KAFKA_CACHE/complete"
   say "Kafka jars cached ($(ls "$KAFKA_CACHE/lib" | wc -l) files)"
+}
+
+# Keycloak's distribution zip from Maven Central, checked against the SHA-1
+# pinned above (and the one Maven Central publishes), unpacked once into the cache.
+install_keycloak() {
+  if [[ -f $KEYCLOAK_CACHE/complete ]]; then return; fi
+  local base=https://repo1.maven.org/maven2/org/keycloak/keycloak-quarkus-dist/$KEYCLOAK_VERSION
+  local zip=$KEYCLOAK_CACHE.zip published
+  mkdir -p "$(dirname "$KEYCLOAK_CACHE")"
+  if [[ ! -f $zip ]] || ! echo "$KEYCLOAK_SHA1  $zip" | sha1sum -c --status; then
+    say "downloading Keycloak $KEYCLOAK_VERSION from Maven Central (about 176 MB)"
+    curl -fL --progress-bar -o "$zip.part" "$base/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip" ||
+      die "Keycloak download failed"
+    mv "$zip.part" "$zip"
+  fi
+  published=$(curl -fsS "$base/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip.sha1" | cut -c1-40 || true)
+  [[ -z $published || $published == "$KEYCLOAK_SHA1" ]] ||
+    die "Maven Central publishes SHA-1 $published for Keycloak $KEYCLOAK_VERSION, not the pinned $KEYCLOAK_SHA1"
+  echo "$KEYCLOAK_SHA1  $zip" | sha1sum -c --status ||
+    { rm -f "$zip"; die "the Keycloak zip does not match SHA-1 $KEYCLOAK_SHA1 (removed; run again)"; }
+  say "unpacking Keycloak into $KEYCLOAK_CACHE"
+  rm -rf "$KEYCLOAK_CACHE" "$KEYCLOAK_CACHE.tmp"
+  mkdir -p "$KEYCLOAK_CACHE.tmp"
+  unzip -q "$zip" -d "$KEYCLOAK_CACHE.tmp" || die "unzip of $zip failed"
+  mv "$KEYCLOAK_CACHE.tmp/keycloak-$KEYCLOAK_VERSION" "$KEYCLOAK_CACHE"
+  rmdir "$KEYCLOAK_CACHE.tmp"
+  touch "$KEYCLOAK_CACHE/complete"
 }
 
 # ---------------------------------------------------------------- starts ----
@@ -285,12 +330,110 @@ start_kafka() {
   wait_for kafka 90 "$(cat "$(pid_file kafka)")"
 }
 
+# Keycloak writes its build (lib/quarkus, redone by `start-dev` when options
+# change) and its data into its own directory, so it runs from a copy in the
+# state dir: the jars (lib/lib, never written) hard-linked to the cache where
+# the file system allows, the rest copied; `data` (the H2 database, the import
+# directory) a link to $STATE/keycloak/data, which outlives a version change.
+# A copy that never answered (its first start interrupted, maybe in the middle
+# of writing its build) is made again.
+keycloak_home() {
+  local home=$STATE/keycloak/keycloak-$KEYCLOAK_VERSION
+  if [[ ! -f $home/complete || ! -f $home/answered ]]; then
+    rm -rf "$home"
+    mkdir -p "$home/lib" "$STATE/keycloak/data"
+    cp -al "$KEYCLOAK_CACHE/lib/lib" "$home/lib/lib" 2>/dev/null || cp -a "$KEYCLOAK_CACHE/lib/lib" "$home/lib/lib"
+    local entry
+    for entry in "$KEYCLOAK_CACHE"/* "$KEYCLOAK_CACHE"/lib/*; do
+      case $entry in "$KEYCLOAK_CACHE/lib" | "$KEYCLOAK_CACHE/lib/lib" | "$KEYCLOAK_CACHE/complete") continue ;; esac
+      cp -a "$entry" "$home/${entry#"$KEYCLOAK_CACHE"/}"
+    done
+    ln -sfn ../data "$home/data"
+    touch "$home/complete"
+  fi
+  echo "$home"
+}
+
+start_keycloak() {
+  if keycloak_ping; then say "keycloak already answering on 127.0.0.1:$KEYCLOAK_PORT"; return; fi
+  # Running, but without the realm (deleted through the admin console): import it again.
+  if curl -fsS -m 3 -o /dev/null "http://127.0.0.1:$KEYCLOAK_PORT/realms/master/.well-known/openid-configuration" 2>/dev/null; then
+    say "keycloak answers on 127.0.0.1:$KEYCLOAK_PORT without realm $KEYCLOAK_REALM: importing it"
+    keycloak_create_realm
+    wait_for keycloak 30
+    return
+  fi
+  # Started by an earlier `up` and still booting: wait for it, never a second server.
+  local booting
+  booting=$(cat "$(pid_file keycloak)" 2>/dev/null || true)
+  if [[ -n $booting ]] && kill -0 "$booting" 2>/dev/null &&
+    grep -qa "keycloak-$KEYCLOAK_VERSION" "/proc/$booting/cmdline" 2>/dev/null; then
+    say "keycloak is starting (pid $booting)"
+    wait_for keycloak 300 "$booting"
+    return
+  fi
+  require_free_port keycloak
+  install_keycloak
+  local dir=$STATE/keycloak home
+  home=$(keycloak_home)
+  # `--import-realm` imports data/import/*.json at start and skips a realm that
+  # already exists, so the realm file counts only on the first start (edits
+  # after that: delete the realm in the admin console, or var/infra/keycloak/data).
+  mkdir -p "$dir/data/import"
+  cp "$ROOT/deploy/keycloak/feedback-realm.json" "$dir/data/import/feedback-realm.json"
+  rm -f "$(pid_file keycloak)"
+  # start-dev: plain HTTP, the H2 file database under data/h2, local caches,
+  # no hostname set, so the issuer is whatever address a client asked by
+  # (http://127.0.0.1:8180/realms/feedback here). H2's default AUTO_SERVER=TRUE
+  # would open a TCP server for the database on every interface (and a
+  # well-known password): turned off. Bound to loopback only,
+  # which is also why the master realm's bootstrap admin can be admin/admin
+  # (created on the first start only). A 512 MiB heap: the machine is shared.
+  # The first start builds Keycloak's Quarkus application (lib/quarkus), a
+  # minute or more on 2 cores; later starts reuse it.
+  if [[ -f $home/answered ]]; then
+    say "starting keycloak $KEYCLOAK_VERSION"
+  else
+    say "starting keycloak $KEYCLOAK_VERSION for the first time here: its build and the realm import take a minute or two"
+  fi
+  KEYCLOAK_ADMIN=admin KEYCLOAK_ADMIN_PASSWORD=admin \
+    JAVA_OPTS_KC_HEAP="-XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=20 -Xms64m -Xmx512m" \
+    setsid nohup "$home/bin/kc.sh" start-dev --http-host=127.0.0.1 --http-port="$KEYCLOAK_PORT" \
+    --db-url-properties=';AUTO_SERVER=FALSE' --import-realm >"$(log_file keycloak)" 2>&1 </dev/null &
+  echo $! >"$(pid_file keycloak)"
+  wait_for keycloak 300 "$(cat "$(pid_file keycloak)")"
+  touch "$home/answered"
+}
+
+# A master-realm admin token (admin-cli, the bootstrap admin), for the admin REST API.
+keycloak_admin_token() {
+  curl -fsS -m 10 "http://127.0.0.1:$KEYCLOAK_PORT/realms/master/protocol/openid-connect/token" \
+    -d grant_type=password -d client_id=admin-cli -d username=admin -d password=admin |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+
+# The realm file through the admin REST API, into a running server. Its
+# `${VAR:default}` placeholders (the compose site's redirect URI) are filled
+# by Keycloak's import at start only; the admin API would refuse one as "not
+# a valid URI", so they get their defaults here, as an import with the
+# variable unset would.
+keycloak_create_realm() {
+  local token
+  token=$(keycloak_admin_token) || die "no admin token from Keycloak's master realm (admin/admin)"
+  python3 -c 'import re,sys; sys.stdout.write(re.sub(r"\$\{[A-Za-z0-9_.]+:([^}]*)\}", r"\1", sys.stdin.read()))' \
+    <"$ROOT/deploy/keycloak/feedback-realm.json" |
+    curl -fsS -m 60 -o /dev/null -X POST "http://127.0.0.1:$KEYCLOAK_PORT/admin/realms" \
+      -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+      --data-binary @- || die "importing realm $KEYCLOAK_REALM failed"
+}
+
 start_one() {
   case $1 in
     kafka) start_kafka ;;
     redis) start_redis ;;
     mysql) start_mysql ;;
-    *) die "unknown service '$1' (kafka, redis or mysql)" ;;
+    keycloak) start_keycloak ;;
+    *) die "unknown service '$1' (kafka, redis, mysql or keycloak)" ;;
   esac
 }
 
@@ -300,7 +443,14 @@ stop_one() {
   pid=$(pid_of "$name")
   if [[ -z $pid ]]; then say "$name is not running"; return; fi
   say "stopping $name (pid $pid, SIG$signal)"
-  kill -s "$signal" "$pid" 2>/dev/null || true
+  # Keycloak's kc.sh runs its build step in a child JVM before it becomes the
+  # server: stopped during that step, the child goes too (setsid made the
+  # script its process group's leader, so the group is signalled).
+  if [[ $name == keycloak && $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]]; then
+    kill -s "$signal" -- "-$pid" 2>/dev/null || true
+  else
+    kill -s "$signal" "$pid" 2>/dev/null || true
+  fi
   while kill -0 "$pid" 2>/dev/null; do
     sleep 0.2; waited=$((waited + 1))
     if (( waited == 150 )); then say "$name still running after 30s: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
@@ -319,21 +469,22 @@ status_one() {
   local name=$1 detail=""
   if "${name}_ping"; then
     [[ $name == kafka ]] && detail=" brokers $(python3 "$ROOT/scripts/lib/kafka_probe.py" "127.0.0.1:$KAFKA_PORT")"
-    printf '  %-6s up    127.0.0.1:%s pid %s%s\n' "$name" "$(port_of "$name")" "$(pid_of "$name")" "$detail"
+    [[ $name == keycloak ]] && detail=" issuer $KEYCLOAK_ISSUER"
+    printf '  %-8s up    127.0.0.1:%s pid %s%s\n' "$name" "$(port_of "$name")" "$(pid_of "$name")" "$detail"
     return 0
   fi
-  printf '  %-6s down  127.0.0.1:%s\n' "$name" "$(port_of "$name")"
+  printf '  %-8s down  127.0.0.1:%s\n' "$name" "$(port_of "$name")"
   return 1
 }
 
 status_all() {
   local rc=0
-  for name in kafka redis mysql; do status_one "$name" || rc=1; done
+  for name in kafka redis mysql keycloak; do status_one "$name" || rc=1; done
   return $rc
 }
 
 # ------------------------------------------------------------------ main ----
-check_name() { case ${1:-} in kafka | redis | mysql) ;; *) die "usage: $0 $2 kafka|redis|mysql" ;; esac; }
+check_name() { case ${1:-} in kafka | redis | mysql | keycloak) ;; *) die "usage: $0 $2 kafka|redis|mysql|keycloak" ;; esac; }
 
 # Whoever starts a service records where the stack's data is.
 case ${1:-} in up | start) mkdir -p "$STATE" && echo "$STATE" >"$POINTER" ;; esac
@@ -344,19 +495,23 @@ case ${1:-} in
     start_redis
     start_mysql
     start_kafka
+    start_keycloak
     say "stack is up:"
     status_all
-    echo "  kafka  FEEDBACK_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
-    echo "  redis  FEEDBACK_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
-    echo "  mysql  FEEDBACK_MYSQL_URL=mysql://root@127.0.0.1:$MYSQL_PORT/feedback"
+    echo "  kafka    FEEDBACK_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+    echo "  redis    FEEDBACK_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+    echo "  mysql    FEEDBACK_MYSQL_URL=mysql://root@127.0.0.1:$MYSQL_PORT/feedback"
+    echo "  keycloak FEEDBACK_OIDC_ISSUER=$KEYCLOAK_ISSUER"
     ;;
   down)
-    for name in kafka redis mysql; do stop_one "$name"; done
+    for name in kafka redis mysql keycloak; do stop_one "$name"; done
     ;;
   jars)
-    # Kafka's jars alone (scripts/compose-check.sh builds its Kafka image from them).
+    # Kafka's jars and Keycloak's distribution into the cache, nothing started
+    # (scripts/compose-check.sh builds its Kafka and Keycloak images from them).
     install_packages
     install_kafka
+    install_keycloak
     ;;
   status)
     status_all
@@ -375,7 +530,7 @@ case ${1:-} in
     stop_one "$2" KILL
     ;;
   *)
-    echo "usage: $0 up|down|status|jars | start|stop|kill kafka|redis|mysql" >&2
+    echo "usage: $0 up|down|status|jars | start|stop|kill kafka|redis|mysql|keycloak" >&2
     exit 2
     ;;
 esac

@@ -43,6 +43,11 @@ printf 'topics of earlier test runs: '
 cargo run -q -p feedback-bench -- delete-topics --prefix fbtest- |
   awk -F= '$1 == "deleted" { n++ } END { print n + 0 " deleted" }' ||
   echo "could not delete them (each test makes its own topic anyway)"
+# And their realms on the identity provider (`fbtest-…`, never the demo's
+# `feedback`): a test that failed before its end left its realm there.
+printf 'identity-provider realms of earlier test runs: '
+python3 scripts/lib/keycloak_realms.py delete-prefix fbtest- ||
+  echo "could not delete them (each test makes its own realm anyway)"
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -24,9 +24,12 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// `FEEDBACK_SPOOL_MAX_BYTES` (default 256 MiB): a full spool answers 503.
     pub spool_max_bytes: u64,
-    /// `FEEDBACK_JWT_SECRET`
-    pub jwt_secret: String,
-    /// `FEEDBACK_STUDENT_KEY_SECRET`, the HMAC key of `student_key`; by default derived from the JWT secret.
+    /// How tokens are checked: `FEEDBACK_OIDC_*` or `FEEDBACK_JWT_SECRET`,
+    /// and `FEEDBACK_JWT_MAX_TTL_SECS`.
+    pub auth: shared::auth::Settings,
+    /// `FEEDBACK_STUDENT_KEY_SECRET`, the HMAC key of `student_key`: required
+    /// in identity-provider mode; in shared-secret mode it may be left out,
+    /// and is then derived from the JWT secret.
     pub student_key_secret: Vec<u8>,
     /// `FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN`
     pub rate_limit_student_per_min: u32,
@@ -46,18 +49,15 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let jwt_secret = shared::env::jwt_secret()?;
-        let student_key_secret = match var("FEEDBACK_STUDENT_KEY_SECRET") {
-            Some(secret) => secret.into_bytes(),
-            None => derive_student_key_secret(&jwt_secret),
-        };
+        let auth = shared::auth::Settings::from_env()?;
+        let student_key_secret = student_key_secret(&auth)?;
         Ok(Self {
             addr: var_or("FEEDBACK_INGEST_ADDR", "127.0.0.1:8080"),
             brokers: shared::env::kafka_brokers(),
             topic: shared::env::kafka_topic(),
             spool_dir: PathBuf::from(var_or("FEEDBACK_SPOOL_DIR", "var/spool")),
             spool_max_bytes: parse_or("FEEDBACK_SPOOL_MAX_BYTES", 256 * 1024 * 1024)?,
-            jwt_secret,
+            auth,
             student_key_secret,
             rate_limit_student_per_min: parse_or("FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN", 30)?,
             rate_limit_ip_per_min: parse_or("FEEDBACK_RATE_LIMIT_IP_PER_MIN", 600)?,
@@ -73,6 +73,34 @@ impl Config {
                 86_400,
             )?),
         })
+    }
+}
+
+/// `FEEDBACK_STUDENT_KEY_SECRET`, or in shared-secret mode the key derived
+/// from the JWT secret. Never derived from a token key in identity-provider
+/// mode: the provider's keys are public, and whoever held such a key could
+/// tell who wrote what.
+fn student_key_secret(auth: &shared::auth::Settings) -> anyhow::Result<Vec<u8>> {
+    use shared::auth::{Mode, MIN_SECRET_LEN};
+    match (var("FEEDBACK_STUDENT_KEY_SECRET"), &auth.mode) {
+        (Some(secret), _) => {
+            anyhow::ensure!(
+                secret.len() >= MIN_SECRET_LEN,
+                "FEEDBACK_STUDENT_KEY_SECRET must be at least {MIN_SECRET_LEN} bytes"
+            );
+            Ok(secret.into_bytes())
+        }
+        (None, Mode::IdentityProvider { .. }) => anyhow::bail!(
+            "FEEDBACK_STUDENT_KEY_SECRET is not set: identity-provider mode requires it \
+             (at least {MIN_SECRET_LEN} bytes; the key of the students' pseudonyms, kept by ingest alone)"
+        ),
+        (None, Mode::SharedSecret { secret }) => {
+            tracing::warn!(
+                "FEEDBACK_STUDENT_KEY_SECRET is not set: students' pseudonyms derive from \
+                 FEEDBACK_JWT_SECRET, and change if it does"
+            );
+            Ok(derive_student_key_secret(secret))
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Answer>), ApiError> {
-    let claims = state.keys.authorize(&headers, Role::Student)?;
+    let claims = state.auth.require(&headers, &[Role::Student]).await?;
     let student = StudentKey::derive(&state.student_key_secret, &claims.sub);
     let idempotency_key = idempotency::key_from(&headers)?;
     // A retry of a request already answered gets that answer again, as the

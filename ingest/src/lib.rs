@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use shared::shutdown::Stop;
@@ -44,14 +44,17 @@ use filter::{Policy, SensitiveFilter};
 use idempotency::Idempotency;
 use limits::Limits;
 use pipeline::{Pipeline, PipelineConfig};
-use shared::auth::JwtKeys;
+use shared::auth::Authenticator;
+use shared::http::pages::{self, Page};
 use shared::metrics::names;
 use spool::Spool;
 
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub keys: Arc<JwtKeys>,
+    pub auth: Authenticator,
+    /// The student form, with how to sign in filled in.
+    pub form: Arc<Page>,
     /// The HMAC key that turns a JWT subject into a `student_key`.
     pub student_key_secret: Arc<[u8]>,
     pub limits: Arc<Limits>,
@@ -102,8 +105,10 @@ impl Application {
             config.idempotency_ttl,
         ));
         idempotency.spawn_pruner(Duration::from_secs(600));
+        let auth = Authenticator::new(&config.auth)?;
         let state = AppState {
-            keys: Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?),
+            form: Arc::new(Page::new(include_str!("form.html"), &auth)),
+            auth,
             student_key_secret: config.student_key_secret.clone().into(),
             limits,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
@@ -197,6 +202,15 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/v1/feedback", post(feedback::submit))
         .route("/", get(form))
+        .route(
+            "/form.js",
+            get(|| async { pages::script(include_str!("form.js")) }),
+        )
+        .route(
+            "/form.css",
+            get(|| async { pages::style(include_str!("form.css")) }),
+        )
+        .route("/oidc.js", get(|| async { pages::script(pages::OIDC_JS) }))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes())
         // The submission reads its body itself, within its own size and time limits.
@@ -204,8 +218,8 @@ pub fn router(state: AppState) -> Router {
     shared::http::with_service_layers(routes).with_state(state)
 }
 
-async fn form() -> Html<&'static str> {
-    Html(include_str!("form.html"))
+async fn form(State(state): State<AppState>) -> Response {
+    state.form.response()
 }
 
 /// 200 while a submission can be taken (Kafka, or room in the spool); each part's state.
@@ -224,6 +238,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "max_bytes": spool.max_bytes(),
                 "has_capacity": spool.has_capacity(),
             },
+            // Shown, not required: held keys keep working while the
+            // provider is down, and a replica taken out for it would only
+            // turn a partial outage into a whole one.
+            "identity": state.auth.readiness(),
         }),
     )
     .into_response()

@@ -27,13 +27,14 @@ struct Cli {
 enum Command {
     /// Serve HTTP (the default).
     Serve,
-    /// Print a signed token for development and the demo (uses FEEDBACK_JWT_SECRET).
+    /// Print a signed token for development, tests and quick trials
+    /// (shared-secret mode only: signs with FEEDBACK_JWT_SECRET).
     MintToken {
         /// The subject: a student or admin id.
         #[arg(long)]
         sub: String,
-        /// `student` or `admin`.
-        #[arg(long, default_value = "student", value_parser = ["student", "admin"])]
+        /// `student`, `instructor` or `admin`.
+        #[arg(long, default_value = "student", value_parser = ["student", "instructor", "admin"])]
         role: String,
         /// Hours until it expires.
         #[arg(long, default_value_t = 24)]
@@ -55,11 +56,16 @@ async fn main() -> anyhow::Result<()> {
             role,
             ttl_hours,
         } => {
+            anyhow::ensure!(
+                shared::env::var("FEEDBACK_OIDC_ISSUER").is_none(),
+                "FEEDBACK_OIDC_ISSUER is set: in identity-provider mode tokens come from the \
+                 provider, and the services refuse any minted here"
+            );
             let keys = JwtKeys::new(shared::env::jwt_secret()?.as_bytes())?;
-            let role = if role == "admin" {
-                Role::Admin
-            } else {
-                Role::Student
+            let role = match role.as_str() {
+                "admin" => Role::Admin,
+                "instructor" => Role::Instructor,
+                _ => Role::Student,
             };
             println!("{}", keys.mint(&sub, role, ttl_hours * 3600));
             Ok(())

@@ -15,8 +15,10 @@ pub struct Config {
     pub mysql_url: String,
     /// `FEEDBACK_MYSQL_READ_URL`: a replica for the request path; `None` reads the primary.
     pub mysql_read_url: Option<String>,
-    /// `FEEDBACK_JWT_SECRET`
-    pub jwt_secret: String,
+    /// How tokens are checked: `FEEDBACK_OIDC_*` or `FEEDBACK_JWT_SECRET`,
+    /// and `FEEDBACK_JWT_MAX_TTL_SECS`. Query never holds the students'
+    /// pseudonym key.
+    pub auth: shared::auth::Settings,
     /// `FEEDBACK_CACHE_TTL_SECS` (default 86400): the TTL of filled hashes, jittered ±10 %.
     pub cache_ttl_secs: u64,
     /// `FEEDBACK_PREWARM_COURSES` (default 100): the most active courses loaded at start.
@@ -44,7 +46,7 @@ impl Config {
             redis_url: shared::env::redis_url(),
             mysql_url: shared::env::mysql_url(),
             mysql_read_url: var("FEEDBACK_MYSQL_READ_URL"),
-            jwt_secret: shared::env::jwt_secret()?,
+            auth: shared::auth::Settings::from_env()?,
             cache_ttl_secs,
             prewarm_courses: parse_or("FEEDBACK_PREWARM_COURSES", 100)?,
             redis_timeout: Duration::from_millis(parse_or("FEEDBACK_QUERY_REDIS_TIMEOUT_MS", 250)?),

@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access::Reader;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use mysql_async::TxOpts;
-use shared::auth::Admin;
 use shared::http::ApiError;
 use tokio::sync::mpsc;
 
@@ -48,9 +48,10 @@ type Chunk = Result<Bytes, Unavailable>;
 
 pub async fn csv(
     State(state): State<AppState>,
-    _admin: Admin,
+    reader: Reader,
     CoursePath(course): CoursePath,
 ) -> Result<Response, ApiError> {
+    reader.may_read(course.as_str())?;
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     // Set when the producer gave up on a stalled or too slow client: the end
     // of its chunks is then a cut, not the end of the file.

@@ -35,6 +35,7 @@
 //!   a slightly older version; the aggregator's next delta for that course
 //!   finds the gap and deletes the hash, so it heals on the next change.
 
+pub mod access;
 pub mod comments;
 pub mod config;
 pub mod courses;
@@ -54,13 +55,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, State};
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use shared::auth::JwtKeys;
+use shared::auth::Authenticator;
 use shared::breaker::State as BreakerState;
+use shared::http::pages::{self, Page};
 use shared::metrics::names;
 use tokio::net::TcpListener;
 
@@ -72,7 +73,9 @@ use stats_cache::{Stats, Ttl};
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub keys: Arc<JwtKeys>,
+    pub auth: Authenticator,
+    /// The dashboard, with how to sign in filled in.
+    pub dashboard: Arc<Page>,
     /// Stats: Redis first, MySQL behind it.
     pub stats: Arc<Stats>,
     /// The read pool (a replica when configured).
@@ -83,12 +86,6 @@ pub struct AppState {
     pub export_stall: Duration,
     /// Signs the comment pages' cursors.
     pub cursors: Arc<comments::CursorKey>,
-}
-
-impl FromRef<AppState> for Arc<JwtKeys> {
-    fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
-    }
 }
 
 /// A built query service: listener bound, pools created (nothing connected yet).
@@ -109,7 +106,7 @@ impl Application {
                 &[("outcome", "unreachable")],
             ),
         ]);
-        let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes())?);
+        let auth = Authenticator::new(&config.auth)?;
         let db = Db::new(config.read_url(), config.mysql_timeout)?;
         let redis = Arc::new(GuardedRedis::connect(
             &config.redis_url,
@@ -123,12 +120,13 @@ impl Application {
             Ttl(config.cache_ttl_secs),
         ));
         let state = AppState {
-            keys,
+            dashboard: Arc::new(Page::new(include_str!("admin.html"), &auth)),
+            auth,
             stats,
             db,
             migrated: Arc::new(AtomicBool::new(false)),
             export_stall: config.export_stall,
-            cursors: Arc::new(comments::CursorKey::new(config.jwt_secret.as_bytes())),
+            cursors: Arc::new(comments::CursorKey::new()),
         };
         let listener = shared::http::bind(&config.addr).await?;
         Ok(Self {
@@ -222,25 +220,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/courses/{course_id}/feedback.csv", get(export::csv))
         .route("/v1/courses/{course_id}/trend", get(trend::trend))
         .route("/admin", get(admin))
+        .route(
+            "/admin.js",
+            get(|| async { pages::script(include_str!("admin.js")) }),
+        )
+        .route(
+            "/admin.css",
+            get(|| async { pages::style(include_str!("admin.css")) }),
+        )
+        .route("/oidc.js", get(|| async { pages::script(pages::OIDC_JS) }))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes());
     shared::http::with_service_layers(routes).with_state(state)
 }
 
-/// The dashboard may run its own inline script and styles and call this
-/// origin, nothing else: no outside resources even if a comment smuggled markup in.
-const ADMIN_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-    connect-src 'self'; img-src data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// The admin dashboard: one self-contained page (its API calls carry the token).
-async fn admin() -> impl IntoResponse {
-    (
-        [
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, ADMIN_CSP),
-        ],
-        Html(include_str!("admin.html")),
-    )
+/// The dashboard for instructors and admins (its API calls carry the token).
+async fn admin(State(state): State<AppState>) -> Response {
+    state.dashboard.response()
 }
 
 /// 200 while query can answer correctly (MySQL up); Redis being down is a
@@ -262,6 +258,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "up": ping.is_ok() && breaker == BreakerState::Closed,
                 "breaker": breaker.as_str(),
             },
+            // Shown, not required: held keys keep working while the provider is down.
+            "identity": state.auth.readiness(),
         }),
     )
 }

@@ -1,10 +1,10 @@
 //! `GET /v1/courses/{course_id}/stats`: a course's numbers, from Redis or MySQL
 //! (`stats_cache.rs` decides), in the contract's shape.
 
+use crate::access::Reader;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use shared::auth::Admin;
 use shared::http::ApiError;
 use shared::mysql::StatsRow;
 
@@ -68,9 +68,10 @@ pub fn average(rating_sum: i64, responses: i64) -> Option<f64> {
 
 pub async fn stats(
     State(state): State<AppState>,
-    _admin: Admin,
+    reader: Reader,
     CoursePath(course): CoursePath,
 ) -> Result<Json<StatsBody>, ApiError> {
+    reader.may_read(course.as_str())?;
     let (row, source) = state.stats.get(&course).await?;
     Ok(Json(StatsBody::new(course.into(), &row, source)))
 }

@@ -11,12 +11,12 @@
 
 use std::collections::HashMap;
 
+use crate::access::Reader;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
-use shared::auth::Admin;
 use shared::http::ApiError;
 use time::{Date, Duration, OffsetDateTime};
 
@@ -166,10 +166,11 @@ pub struct TrendBody {
 
 pub async fn trend(
     State(state): State<AppState>,
-    _admin: Admin,
+    reader: Reader,
     CoursePath(course): CoursePath,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<TrendBody>, ApiError> {
+    reader.may_read(course.as_str())?;
     let range = Range::parse(&Params::parse(query)?, OffsetDateTime::now_utc().date())?;
     let db = &state.db;
     let sql = format!(

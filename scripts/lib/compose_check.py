@@ -280,6 +280,9 @@ def main():
             compose("cp", "proxy:/data/caddy/pki/authorities/local/root.crt", str(ca))
             context = ssl.create_default_context(cafile=str(ca))
             status, headers, body = http("GET", f"{FRONT}/", context=context)
+            assert status == 200 and b'src="/form.js"' in body, (status, body[:200])
+            # The form's script comes from ingest through the same door.
+            status, _, body = http("GET", f"{FRONT}/form.js", context=context)
             assert status == 200 and b"/v1/feedback" in body, (status, body[:200])
             status, _, body = http("GET", f"{FRONT}/admin", context=context)
             assert status == 200 and b"<html" in body.lower(), (status, body[:200])

@@ -5,6 +5,7 @@
 //! `{"error": {"code": "snake_case", "message": "...", "field": "rating"}}`.
 
 mod layers;
+pub mod pages;
 
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

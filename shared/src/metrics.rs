@@ -30,6 +30,11 @@ pub mod names {
     // All three services.
     pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
     pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+    // ingest and query
+    pub const AUTH_TOKENS_REFUSED_TOTAL: &str = "auth_tokens_refused_total";
+    pub const AUTH_PROVIDER_UP: &str = "auth_provider_up";
+    pub const AUTH_PROVIDER_KEYS: &str = "auth_provider_keys";
+    pub const AUTH_PROVIDER_FETCHES_TOTAL: &str = "auth_provider_fetches_total";
     // ingest
     pub const INGEST_PRODUCE_DURATION_SECONDS: &str = "ingest_produce_duration_seconds";
     pub const INGEST_BREAKER_STATE: &str = "ingest_breaker_state";
@@ -79,6 +84,11 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     // All three services.
     (names::HTTP_REQUESTS_TOTAL, Kind::Counter, "HTTP requests answered, by matched route, method and status code."),
     (names::HTTP_REQUEST_DURATION_SECONDS, Kind::Histogram, "Time from a request's arrival to its answer's head, by matched route and method."),
+    // ingest and query
+    (names::AUTH_TOKENS_REFUSED_TOTAL, Kind::Counter, "Requests answered 401 invalid_token, by the check that failed (reason); the client is never told which."),
+    (names::AUTH_PROVIDER_UP, Kind::Gauge, "Identity-provider mode: 1 when the last fetch of the provider's discovery document and keys succeeded, 0 when it failed."),
+    (names::AUTH_PROVIDER_KEYS, Kind::Gauge, "Identity-provider mode: signing keys (RS256 or ES256) held from the provider's JWKS."),
+    (names::AUTH_PROVIDER_FETCHES_TOTAL, Kind::Counter, "Identity-provider mode: fetches of the provider's keys, by cause (start, schedule, unknown_kid) and outcome (ok, error)."),
     // ingest
     (names::INGEST_PRODUCE_DURATION_SECONDS, Kind::Histogram, "Time for Kafka to acknowledge one submission."),
     (names::INGEST_BREAKER_STATE, Kind::Gauge, "Kafka circuit breaker: 0 closed, 1 open (submissions spool), 2 half-open."),

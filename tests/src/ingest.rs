@@ -18,7 +18,7 @@ pub fn config(topic: &str, spool_dir: PathBuf) -> Config {
         topic: topic.into(),
         spool_dir,
         spool_max_bytes: 64 * 1024 * 1024,
-        jwt_secret: JWT_SECRET.into(),
+        auth: shared::auth::Settings::shared_secret(JWT_SECRET),
         student_key_secret: ::ingest::config::derive_student_key_secret(JWT_SECRET),
         rate_limit_student_per_min: 0,
         rate_limit_ip_per_min: 0,

@@ -12,6 +12,8 @@
 //! - [`tokens`]: the JWT secret every test service uses, and its tokens.
 //! - [`kafka`]: reading a topic back.
 //! - [`faults`]: killing and restarting a shared server (`scripts/infra.sh`).
+//! - [`idp`]: the real identity provider: a realm per test, tokens from
+//!   its login flow, its keys rotated.
 //! - [`private`]: Redis and MariaDB servers of a test's own, to kill freely.
 //! - [`answers`]: checks on what a service answers (error bodies, metrics,
 //!   refusing to start).
@@ -27,6 +29,7 @@
 pub mod aggregator;
 pub mod answers;
 pub mod faults;
+pub mod idp;
 pub mod ingest;
 pub mod kafka;
 pub mod oneshot;
@@ -40,7 +43,8 @@ pub mod tokens;
 use std::time::Duration;
 
 pub use answers::{
-    assert_every_metric_has_help, assert_refuses_to_start_without_a_jwt_secret, error_of,
+    assert_every_metric_has_help, assert_page_is_served_self_contained,
+    assert_refuses_to_start_naming, assert_refuses_to_start_without_a_jwt_secret, error_of,
 };
 pub use faults::{infra, Restart, OUTAGE};
 pub use kafka::{consume, consume_until, Consumed};

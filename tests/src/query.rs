@@ -33,7 +33,7 @@ pub fn config(mysql_url: &str, redis_url: &str) -> Config {
         redis_url: redis_url.into(),
         mysql_url: mysql_url.into(),
         mysql_read_url: None,
-        jwt_secret: JWT_SECRET.into(),
+        auth: shared::auth::Settings::shared_secret(JWT_SECRET),
         cache_ttl_secs: 1000,
         prewarm_courses: 0,
         redis_timeout: Duration::from_millis(250),

@@ -85,7 +85,7 @@ async fn tokens_are_checked_401_for_bad_403_for_another_role() {
 
     let none = ingest.send(ingest.client.post(&url).json(&body)).await;
     assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(error_of(none).await["code"], "unauthorized");
+    assert_eq!(error_of(none).await["code"], "invalid_token");
 
     let forged = shared::auth::JwtKeys::new(b"a-different-secret-of-32-bytes-or-more")
         .unwrap()
@@ -94,9 +94,11 @@ async fn tokens_are_checked_401_for_bad_403_for_another_role() {
         let response = post(bad).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{bad}");
     }
-    let admin = post(&token("root", Role::Admin)).await;
-    assert_eq!(admin.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_of(admin).await["code"], "forbidden");
+    for role in [Role::Admin, Role::Instructor] {
+        let refused = post(&token("staff", role)).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{role:?}");
+        assert_eq!(error_of(refused).await["code"], "forbidden");
+    }
 }
 
 #[tokio::test]
@@ -596,21 +598,19 @@ async fn health_readiness_metrics_and_the_form_are_served_without_a_token() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     feedback_tests::assert_every_metric_has_help(&metrics);
-    let form = get("/").await.unwrap();
-    assert!(form.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
-    let html = form.text().await.unwrap();
-    assert!(
-        html.contains("/v1/feedback")
-            && html.contains("课程反馈")
-            && html.contains("Course feedback")
-    );
-    assert!(
-        !html.contains("http://") && !html.contains("https://"),
-        "no external resources"
-    );
+    feedback_tests::assert_page_is_served_self_contained(
+        &ingest.url,
+        "/",
+        &serde_json::json!({"mode": "secret"}),
+        &["/form.css", "/form.js", "/oidc.js"],
+        &[
+            "/v1/feedback",
+            "课程反馈",
+            "Course feedback",
+            "Idempotency-Key",
+        ],
+    )
+    .await;
     ingest.shutdown().await;
 }
 
@@ -677,6 +677,72 @@ async fn ingest_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
                 temp_dir("no-secret-spool").display().to_string(),
             ),
         ],
+    )
+    .await;
+}
+
+/// Identity-provider mode's settings are checked before anything starts:
+/// each wrong one is named.
+#[tokio::test]
+async fn ingest_refuses_to_start_with_identity_settings_that_cannot_work() {
+    let base = |extra: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("FEEDBACK_INGEST_ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "FEEDBACK_SPOOL_DIR",
+                temp_dir("idp-settings-spool").display().to_string(),
+            ),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
+    let issuer = (
+        "FEEDBACK_OIDC_ISSUER",
+        "http://127.0.0.1:8180/realms/feedback",
+    );
+    let audience = ("FEEDBACK_OIDC_AUDIENCE", "feedback-api");
+    let student_key = (
+        "FEEDBACK_STUDENT_KEY_SECRET",
+        "a-student-key-secret-of-32-bytes-or-more",
+    );
+    let binary = env!("CARGO_BIN_EXE_ingest");
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &base(&[issuer, student_key]),
+        "FEEDBACK_OIDC_AUDIENCE",
+    )
+    .await;
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &base(&[issuer, audience]),
+        "FEEDBACK_STUDENT_KEY_SECRET",
+    )
+    .await;
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &base(&[issuer, audience, ("FEEDBACK_STUDENT_KEY_SECRET", "short")]),
+        "FEEDBACK_STUDENT_KEY_SECRET",
+    )
+    .await;
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &base(&[
+            ("FEEDBACK_OIDC_ISSUER", "http://login.example.edu/realms/x"),
+            audience,
+            student_key,
+        ]),
+        "FEEDBACK_OIDC_ISSUER",
+    )
+    .await;
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &base(&[
+            issuer,
+            audience,
+            student_key,
+            ("FEEDBACK_JWT_MAX_TTL_SECS", "soon"),
+        ]),
+        "FEEDBACK_JWT_MAX_TTL_SECS",
     )
     .await;
 }

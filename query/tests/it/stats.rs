@@ -478,3 +478,34 @@ async fn query_refuses_to_start_without_a_jwt_secret_of_32_bytes() {
     )
     .await;
 }
+
+/// Query needs no student key in identity-provider mode (it never holds
+/// one), but an issuer without an audience, or on plain HTTP off the
+/// loopback, stops it.
+#[tokio::test]
+async fn query_refuses_to_start_with_identity_settings_that_cannot_work() {
+    let binary = env!("CARGO_BIN_EXE_query");
+    let addr = ("FEEDBACK_QUERY_ADDR", "127.0.0.1:0".to_owned());
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &[
+            addr.clone(),
+            (
+                "FEEDBACK_OIDC_ISSUER",
+                "https://login.example.edu/realms/x".into(),
+            ),
+        ],
+        "FEEDBACK_OIDC_AUDIENCE",
+    )
+    .await;
+    feedback_tests::assert_refuses_to_start_naming(
+        binary,
+        &[
+            addr,
+            ("FEEDBACK_OIDC_ISSUER", "http://10.1.2.3/realms/x".into()),
+            ("FEEDBACK_OIDC_AUDIENCE", "feedback-api".into()),
+        ],
+        "FEEDBACK_OIDC_ISSUER",
+    )
+    .await;
+}

@@ -4,11 +4,12 @@
 
 use std::any::Any;
 
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use super::ApiError;
@@ -22,7 +23,13 @@ use crate::metrics::names;
 /// - a trace span per request that carries it (`request_span`);
 /// - `track_metrics`: the access log line and the HTTP metrics;
 /// - `catch_panic`: a handler's panic as the contract's 500;
-/// - the contract's 404 and 405 (`fallbacks`).
+/// - the contract's 404 and 405 (`fallbacks`);
+/// - outermost, on every answer: `X-Content-Type-Options: nosniff` (no
+///   browser reads a JSON error or a CSV as a page), `Cache-Control:
+///   no-store` where the handler set none (statistics and comments stay out
+///   of shared caches and the browser's disk), and `Referrer-Policy:
+///   no-referrer` (a page just back from the provider has its code in the
+///   URL).
 ///
 /// Call it with every route in: a route added after it gets none of this.
 /// The state goes in after it (`.with_state`).
@@ -35,6 +42,18 @@ pub fn with_service_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) 
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::from_fn(sanitize_request_id))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
 }
 
 /// Each request's span, named by method and path, carrying the request id.

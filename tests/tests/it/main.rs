@@ -3,5 +3,6 @@
 //! answering, and `schemas/openapi.yaml` against the routers.
 
 mod end_to_end;
+mod identity;
 mod infrastructure;
 mod openapi;

@@ -18,6 +18,10 @@ const ROUTES: &[&str] = &[
     // ingest
     "/v1/feedback",
     "/",
+    "/form.js",
+    "/form.css",
+    // ingest and query
+    "/oidc.js",
     // query
     "/v1/courses",
     "/v1/courses/{course_id}/stats",
@@ -25,6 +29,8 @@ const ROUTES: &[&str] = &[
     "/v1/courses/{course_id}/feedback.csv",
     "/v1/courses/{course_id}/trend",
     "/admin",
+    "/admin.js",
+    "/admin.css",
     // all three
     "/healthz",
     "/readyz",
