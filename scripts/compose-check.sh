@@ -2,8 +2,9 @@
 # Runs the compose deployment for real on this machine and checks it end to
 # end, then takes it down (`down -v`). No image registry is needed: the
 # three services' binaries are built here, and the public images compose.yaml
-# names (Kafka, MariaDB, Redis, Caddy, Prometheus, Grafana) are swapped for
-# local stand-ins built from Debian packages and Maven jars
+# names (Kafka, MariaDB, Redis, Caddy, Keycloak, Prometheus, Grafana) are
+# swapped for local stand-ins built from Debian packages, Maven jars and
+# Keycloak's distribution from Maven Central
 # (deploy/local/compose.local.yaml; compose.yaml itself is unchanged).
 # The checks themselves: scripts/lib/compose_check.py.
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$ROOT"
 started=$SECONDS
 step() { printf '\n==> %s\n' "$*"; }
 
-step "the stack's jars (Kafka, for its stand-in image): scripts/infra.sh jars"
+step "Kafka's jars and Keycloak's distribution (for their stand-in images): scripts/infra.sh jars"
 scripts/infra.sh jars
 
 step "the services' binaries: cargo build --release"

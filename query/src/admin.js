@@ -16,6 +16,7 @@ const TEXT = {
     unauthorized: "令牌无效或已过期", forbidden: "此令牌没有查看权限（需要管理员或该课程的教师）",
     forbiddenAccount: "此账号没有查看权限（需要教师或管理员角色）",
     listAdminOnly: "课程列表仅供管理员查看；请在上方输入课程编号。",
+    noCoursesYours: "目前没有分配给您的课程（课程目录尚未启用）；可在上方输入课程编号。",
     staffOnly: "此页面供教师和管理员使用。您当前以{role}身份登录，无法查看课程统计；学生请使用反馈表单提交反馈。",
     notYourCourse: "此课程不在您的授课课程中，无法查看其数据。教师可查看的课程由课程目录指定（课程目录尚未上线，目前没有分配给教师的课程）。",
     refreshed: "已刷新 {t}", badCourse: "课程编号只能包含字母、数字和 _ . : -",
@@ -35,6 +36,7 @@ const TEXT = {
     unauthorized: "The token is invalid or expired", forbidden: "This token may not read this (it needs the admin role, or the course's instructor)",
     forbiddenAccount: "This account may not read statistics (it needs the instructor or admin role)",
     listAdminOnly: "The list of courses is for admins; enter a course id above.",
+    noCoursesYours: "No course is assigned to you yet (the course catalog is not in place); enter a course id above.",
     staffOnly: "This dashboard is for instructors and admins. You are signed in as {role}, which cannot read " +
       "course statistics; students send feedback with the feedback form.",
     notYourCourse: "This course is not one of yours, so its numbers are not shown. The courses an instructor " +
@@ -161,7 +163,9 @@ async function loadCourses() {
   const items = body.items || [];
   const list = $("courses"), ids = $("courseIds");
   list.innerHTML = ""; ids.innerHTML = "";
-  if (!items.length) courseNote(t("noCourses"), "muted");
+  // An instructor's list holds their courses only: empty means none assigned, not no feedback.
+  const instructor = oidc && auth.user && auth.user.role === "instructor";
+  if (!items.length) courseNote(t(instructor ? "noCoursesYours" : "noCourses"), "muted");
   for (const c of items) {
     const li = document.createElement("li");
     li.className = c.course_id === course ? "on" : "";

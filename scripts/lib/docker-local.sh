@@ -24,6 +24,9 @@ COMPOSE_VERSION=v2.40.3
 COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
 KAFKA_VERSION=4.1.1
 KAFKA_LIB=${FEEDBACK_KAFKA_CACHE:-$CACHE/kafka-$KAFKA_VERSION}/lib
+KEYCLOAK_VERSION=24.0.5
+# Unpacked from Maven Central's zip (SHA-1 checked) by `scripts/infra.sh jars`.
+KEYCLOAK_DIST=${FEEDBACK_KEYCLOAK_CACHE:-$CACHE/keycloak-$KEYCLOAK_VERSION}
 BASE_IMAGE=feedback-local/debian:bookworm
 STAGE=$VAR/docker-local
 # deploy/local/<dir> -> image tag; every build context is staged under $STAGE/<dir>.
@@ -34,6 +37,7 @@ IMAGES=(
   "caddy feedback-local/caddy:2"
   "prometheus feedback-local/prometheus:v3"
   "grafana-standin feedback-local/grafana-standin"
+  "keycloak feedback-local/keycloak:$KEYCLOAK_VERSION"
   "services feedback-local/course-feedback"
 )
 
@@ -281,7 +285,8 @@ base_cleanup() {
 
 # --------------------------------------------------------------- images ----
 # Copies deploy/local/<dir> to $STAGE/<dir>, plus what each image needs from
-# outside it (Kafka's jars, the probe, the service binaries and config).
+# outside it (Kafka's jars, the probe, Keycloak's distribution, the service
+# binaries and config).
 stage_one() {
   local dir=$1 src=$ROOT/deploy/local/$1 dst=$STAGE/$1
   [[ -f $src/Dockerfile ]] || die "no $src/Dockerfile"
@@ -296,6 +301,14 @@ stage_one() {
       # Hard links when the cache is on the same file system: no copy of the jars.
       cp -l "$KAFKA_LIB"/*.jar "$dst/lib/" 2>/dev/null || cp "$KAFKA_LIB"/*.jar "$dst/lib/"
       cp "$ROOT/scripts/lib/kafka_probe.py" "$dst/kafka_probe.py"
+      ;;
+    keycloak)
+      [[ -f $KEYCLOAK_DIST/complete && -x $KEYCLOAK_DIST/bin/kc.sh ]] ||
+        die "Keycloak $KEYCLOAK_VERSION missing in $KEYCLOAK_DIST: run scripts/infra.sh jars (it caches it from Maven Central)"
+      # Hard links when the cache is on the same file system (about 190 MB);
+      # the cache's own marker file stays out.
+      cp -al "$KEYCLOAK_DIST" "$dst/keycloak" 2>/dev/null || cp -a "$KEYCLOAK_DIST" "$dst/keycloak"
+      rm -f "$dst/keycloak/complete"
       ;;
     services)
       local bin
