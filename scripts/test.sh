@@ -61,5 +61,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+step "the HTTP API against schemas/openapi.yaml: Schemathesis on live services (scripts/lib/fuzz-api.sh)"
+scripts/lib/fuzz-api.sh
+
 echo
 echo "scripts/test.sh: all green in $((SECONDS - started))s"

@@ -9,13 +9,15 @@
 //!   its partition; each lane (`lane.rs`) collects up to
 //!   `FEEDBACK_BATCH_SIZE` messages or waits `FEEDBACK_BATCH_LINGER_MS`,
 //!   decodes them (poison goes to the DLQ, `dlq.rs`) and has the sink
-//!   commit them. `FEEDBACK_SINK_LANES` lanes commit concurrently, each for
+//!   commit them (`commit.rs`: retries, and a batch MySQL refuses committed
+//!   in halves). `FEEDBACK_SINK_LANES` lanes commit concurrently, each for
 //!   its own share of the partitions.
 //! - `sink/`: commits a batch to MySQL in one transaction, one file per
 //!   step: the courses' rows locked (`stats.rs`), the history
 //!   (`history.rs`), the current rows under the counting rule (`current.rs`
 //!   and `counting.rs`), the course stats with their versions (`stats.rs`)
-//!   and the offsets (`offsets.rs`).
+//!   and the offsets (`offsets.rs`); which errors are refusals for good
+//!   (`refusal.rs`), and an event set aside with its offset (`quarantine.rs`).
 //! - `redis_view.rs`: one task applies the lanes' queued per-course deltas to
 //!   the Redis hashes in order; a reconciler repairs hashes that lag.
 //! - `worker/advisory.rs`: the offsets, committed to Kafka once a second
@@ -26,9 +28,13 @@
 //! Failure modes: Kafka delivers at least once, so a redelivered offset or a
 //! duplicate `feedback_id` changes nothing (the sink skips it). MySQL down:
 //! the lanes retry with backoff and their partitions are paused once they
-//! fall behind; nothing is skipped, `/readyz` is 503. Redis down: MySQL keeps
-//! committing, touched courses are repaired when Redis answers; a reconciler
-//! repairs lagging hashes.
+//! fall behind; nothing is skipped, `/readyz` is 503. The DLQ refusing a
+//! dead letter: the same, its batch waits until it is written. MySQL
+//! refusing an event for good (a constraint it breaks, a value out of
+//! range): the lane sets that event aside in `quarantined_events` with the
+//! reason, counts the rest and goes on (`worker/commit.rs`). Redis down:
+//! MySQL keeps committing, touched courses are repaired when Redis answers;
+//! a reconciler repairs lagging hashes.
 
 pub mod config;
 pub mod consumer;
@@ -180,6 +186,15 @@ fn router_ended(ended: Result<(), tokio::task::JoinError>) -> anyhow::Result<()>
 /// (at 0 until its first increment).
 fn install_metrics() {
     shared::metrics::install();
+    let reasons: Vec<[(&str, &str); 1]> = sink::refusal::REASONS
+        .iter()
+        .map(|reason| [("reason", *reason)])
+        .collect();
+    let quarantined: Vec<_> = reasons
+        .iter()
+        .map(|labels| (names::AGGREGATOR_QUARANTINED_TOTAL, &labels[..]))
+        .collect();
+    shared::metrics::show_counters(&quarantined);
     shared::metrics::show_counters(&[
         (names::AGGREGATOR_EVENTS_APPLIED_TOTAL, &[]),
         (names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL, &[]),

@@ -16,7 +16,7 @@ struct Cli {}
 async fn main() -> anyhow::Result<()> {
     // No options: `--help` and `--version` answer instead of starting.
     <Cli as clap::Parser>::parse();
-    shared::telemetry::init();
+    let _telemetry = shared::telemetry::init("aggregator");
     let config = aggregator::Config::from_env()?;
     let app = aggregator::Application::build(config).await?;
     app.run_until(shared::shutdown::signal()).await

@@ -1,15 +1,17 @@
 //! `POST /v1/feedback`: a student's rating and comment, from the request to
 //! Kafka or the spool.
 //!
-//! Order of checks: the token (401/403), the idempotency key's shape (400)
-//! and an answer already given under it (replayed, uncounted), the client
-//! IP's rate limit (the peer, or behind a trusted proxy the address it
-//! forwarded: `client_addr.rs`), the student's rate limit, content type (415), body size
-//! (413, refused from `Content-Length` before reading) and arrival (408),
-//! JSON (400), fields (400 wrong type, 422 missing or out of range), the
-//! sensitive-word policy (422 or masked), then the idempotency key's
-//! reservation, then delivery. A request without a valid token is answered
-//! 401 before the rate limits count it: a token is cheap to check.
+//! Order of checks: the token (401/403), the idempotency key's shape (400),
+//! the client IP's rate limit (the peer, or behind a trusted proxy the
+//! address it forwarded: `client_addr.rs`) and the student's, unless the
+//! key was answered already, content type (415), body size (413, refused
+//! from `Content-Length` before reading) and arrival (408), JSON (400),
+//! fields (400 wrong type, 422 missing or out of range); then a key
+//! answered already gives that answer again, to the same submission only
+//! (422 `idempotency_key_reused` for another); then the sensitive-word
+//! policy (422 or masked), the idempotency key's reservation, delivery. A
+//! request without a valid token is answered 401 before the rate limits
+//! count it: a token is cheap to check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::auth::Role;
-use shared::domain::{Comment, CourseId, Rating, StudentKey};
+use shared::domain::{Comment, CourseId, FeedbackId, Rating, StudentKey};
 use shared::event::FeedbackSubmitted;
 use shared::http::ApiError;
 use shared::metrics::names;
@@ -63,31 +65,44 @@ pub async fn submit(
     let claims = state.auth.require(&headers, &[Role::Student]).await?;
     let student = StudentKey::derive(&state.student_key_secret, &claims.sub);
     let idempotency_key = idempotency::key_from(&headers)?;
-    // A retry of a request already answered gets that answer again, as the
-    // contract promises, without counting against the rate limits.
-    if let Some(key) = &idempotency_key {
-        if let Some(answer) = state.idempotency.answered(&student, key)? {
-            return Ok((StatusCode::ACCEPTED, Json(answer)));
-        }
+    // A retry of a request already answered is not counted by the rate
+    // limits; it gets that answer again once its body shows it is the same
+    // submission, never on the key alone.
+    let answered = match &idempotency_key {
+        Some(key) => state.idempotency.answered(&student, key)?,
+        None => None,
+    };
+    if answered.is_none() {
+        let client = state.trusted_proxies.client(peer.ip(), &headers);
+        state.limits.per_ip.check(&client)?;
+        state
+            .limits
+            .per_student
+            .check(&student.as_str().to_owned())?;
     }
-    let client = state.trusted_proxies.client(peer.ip(), &headers);
-    state.limits.per_ip.check(&client)?;
-    state
-        .limits
-        .per_student
-        .check(&student.as_str().to_owned())?;
     require_json(&headers)?;
     let bytes = read_body(&headers, body).await?;
     let mut submission = parse(&bytes)?;
+    // With a key, the id is what the client sent, the same on every replica.
+    let feedback_id = match &idempotency_key {
+        Some(key) => {
+            idempotency::feedback_id(&state.student_key_secret, &student, key, &submission)
+        }
+        None => FeedbackId::generate(),
+    };
+    if let Some(answered) = answered {
+        return Ok((StatusCode::ACCEPTED, Json(answered.replay(&feedback_id)?)));
+    }
     submission.comment = apply_policy(&state, submission.comment)?;
 
-    let event = FeedbackSubmitted::new(
+    let mut event = FeedbackSubmitted::new(
         submission.course_id,
         student.clone(),
         submission.rating,
         submission.comment,
     );
-    let record = KafkaRecord::of_event(&event, request_id(&headers));
+    event.feedback_id = feedback_id;
+    let record = KafkaRecord::of_event(&event, request_id(&headers), traceparent(&headers));
     let feedback_id = event.feedback_id.to_string();
 
     let answer =
@@ -113,6 +128,21 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The client's W3C `traceparent`, carried into the Kafka header: only a
+/// single, well-formed one. Any other is ignored, never refused: tracing is
+/// the client's aid, and must not cost it its submission.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(shared::trace::TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .filter(|v| shared::trace::is_traceparent(v))
+            .map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// Reserves the student's `key`, delivers, and records the answer; or
@@ -275,15 +305,22 @@ pub fn parse(bytes: &[u8]) -> Result<Submission, ApiError> {
     let course_id = match fields.get("course_id") {
         None | Some(Value::Null) => return Err(missing("course_id")),
         Some(Value::String(s)) => {
-            CourseId::parse(s.as_str()).map_err(|e| invalid("course_id", e))?
+            CourseId::parse_new(s.as_str()).map_err(|e| invalid("course_id", e))?
         }
         Some(_) => return Err(wrong_type("course_id", "a string")),
     };
     let rating = match fields.get("rating") {
         None | Some(Value::Null) => return Err(missing("rating")),
-        Some(Value::Number(n)) => match n.as_i64() {
+        // JSON has one kind of number: `3.0` is the integer 3 to JSON Schema
+        // (and to the API document), and is what a client that keeps ratings
+        // as floats sends. The cast saturates, so a huge whole number stays
+        // out of range.
+        Some(Value::Number(n)) => match n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+        {
             Some(i) => Rating::parse(i).map_err(|e| invalid("rating", e))?,
-            // 4.5, 1e30: a number, but not a rating.
+            // 4.5: a number, but not a whole one.
             None => {
                 return Err(invalid(
                     "rating",
@@ -295,9 +332,14 @@ pub fn parse(bytes: &[u8]) -> Result<Submission, ApiError> {
     };
     let comment = match fields.get("comment") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
+        // Checked as sent, as the API document's schema reads it (its
+        // length, its characters); then trimmed, and blank is no comment.
         Some(Value::String(s)) => {
-            Some(Comment::parse(s.trim()).map_err(|e| invalid("comment", e))?)
+            Comment::parse(s.as_str()).map_err(|e| invalid("comment", e))?;
+            match s.trim() {
+                "" => None,
+                trimmed => Some(Comment::parse(trimmed).map_err(|e| invalid("comment", e))?),
+            }
         }
         Some(_) => return Err(wrong_type("comment", "a string")),
     };
@@ -351,6 +393,14 @@ mod tests {
         assert!(s.comment.is_none());
         let s = parse(br#"{"course_id":"CS101","rating":5,"comment":null,"extra":1}"#).unwrap();
         assert!(s.comment.is_none());
+    }
+
+    #[test]
+    fn a_whole_rating_written_as_a_float_is_that_integer() {
+        for (raw, rating) in [("3.0", 3), ("5.000", 5), ("0.1e1", 1), ("4e0", 4)] {
+            let s = parse(format!(r#"{{"course_id":"C","rating":{raw}}}"#).as_bytes()).unwrap();
+            assert_eq!(s.rating.get(), rating, "{raw}");
+        }
     }
 
     #[test]
@@ -427,6 +477,13 @@ mod tests {
             fault(r#"{"course_id":"CS 101","rating":3}"#),
             (un, "invalid_value", Some("course_id"))
         );
+        for course in [".", "..", "-a", "_a", ":a", ".x"] {
+            assert_eq!(
+                fault(&format!(r#"{{"course_id":"{course}","rating":3}}"#)),
+                (un, "invalid_value", Some("course_id")),
+                "{course}"
+            );
+        }
         let long = format!(r#"{{"course_id":"{}","rating":3}}"#, "x".repeat(65));
         assert_eq!(fault(&long), (un, "invalid_value", Some("course_id")));
         let comment = format!(
@@ -434,5 +491,18 @@ mod tests {
             "好".repeat(2001)
         );
         assert_eq!(fault(&comment), (un, "invalid_value", Some("comment")));
+        // Checked as sent: whitespace that trimming would drop still counts.
+        for sent in [
+            format!("{}{}", " ".repeat(10), "好".repeat(1995)),
+            "\\u000b".into(),
+            "fine\\u0085".into(),
+        ] {
+            let body = format!(r#"{{"course_id":"C","rating":3,"comment":"{sent}"}}"#);
+            assert_eq!(
+                fault(&body),
+                (un, "invalid_value", Some("comment")),
+                "{sent}"
+            );
+        }
     }
 }

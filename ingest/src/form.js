@@ -142,7 +142,7 @@
     const t = text[lang];
     const course = $("course").value.trim();
     const rating = document.querySelector("input[name=rating]:checked");
-    if (!/^[A-Za-z0-9_.:\-]{1,64}$/.test(course)) return show(false, t.needCourse);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$/.test(course)) return show(false, t.needCourse);
     if (!rating) return show(false, t.needRating);
     if (oidc) {
       await auth.ready;

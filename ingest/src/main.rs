@@ -46,7 +46,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            shared::telemetry::init();
+            let _telemetry = shared::telemetry::init("ingest");
             let config = ingest::Config::from_env()?;
             let app = ingest::Application::build(config).await?;
             app.run_until(shared::shutdown::signal()).await

@@ -165,14 +165,10 @@ impl Pipeline {
 
     /// Hands `record` to librdkafka now (in call order); the future resolves on acknowledgement.
     fn enqueue(&self, record: &KafkaRecord) -> Result<DeliveryFuture, KafkaError> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "x-request-id",
-            value: Some(record.request_id.as_bytes()),
-        });
         let message = FutureRecord::to(&self.config.topic)
             .key(record.key.as_bytes())
             .payload(&record.payload)
-            .headers(headers);
+            .headers(trace_headers(record));
         self.producer().send_result(message).map_err(|(e, _)| e)
     }
 
@@ -306,6 +302,22 @@ impl Pipeline {
     }
 }
 
+/// A record's trace as Kafka headers (`shared::trace`): its request id
+/// always, its client's `traceparent` when it came with one.
+fn trace_headers(record: &KafkaRecord) -> OwnedHeaders {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: shared::trace::REQUEST_ID,
+        value: Some(record.request_id.as_bytes()),
+    });
+    match &record.traceparent {
+        Some(traceparent) => headers.insert(Header {
+            key: shared::trace::TRACEPARENT,
+            value: Some(traceparent.as_bytes()),
+        }),
+        None => headers,
+    }
+}
+
 /// The idempotent producer, with the breaker in its context.
 fn make_producer(config: &PipelineConfig, breaker: &Arc<Breaker>) -> anyhow::Result<KafkaProducer> {
     shared::kafka::client_config(&config.brokers)
@@ -348,6 +360,7 @@ mod tests {
             key: format!("C{i}"),
             payload: format!("{{\"n\":{i}}}").into_bytes(),
             request_id: format!("r{i}"),
+            traceparent: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! It has two forms on disk, and a spool written by one build must replay
 //! with the next, so both are pinned by tests: the spool's compact bytes
 //! ([`KafkaRecord::spool_bytes`]) and its JSON inside an idempotency entry
-//! (the serde field names).
+//! (the serde field names; `traceparent` is left out when there is none, so
+//! an entry without one reads as before on either build).
 
 use serde::{Deserialize, Serialize};
 use shared::event::FeedbackSubmitted;
@@ -16,46 +17,80 @@ pub struct KafkaRecord {
     pub key: String,
     /// The event JSON.
     pub payload: Vec<u8>,
-    /// The request id that accepted it, carried into the Kafka header.
+    /// The request id that accepted it, carried into the `x-request-id` header.
     pub request_id: String,
+    /// The client's W3C trace context, carried into the `traceparent` header;
+    /// only a well-formed one (`shared::trace::is_traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
+/// The first two bytes of the spool's second form. The first form starts
+/// with its key's length (u16 BE): a course id is at most 64 characters, so
+/// its first byte is always 0 and never this marker.
+const TRACED: [u8; 2] = [0xff, 0x02];
+
 impl KafkaRecord {
-    /// The record that carries `event`, accepted by the request `request_id`.
-    pub fn of_event(event: &FeedbackSubmitted, request_id: String) -> Self {
+    /// The record that carries `event`, accepted by the request `request_id`
+    /// (which sent `traceparent`, if any).
+    pub fn of_event(
+        event: &FeedbackSubmitted,
+        request_id: String,
+        traceparent: Option<String>,
+    ) -> Self {
         Self {
             key: event.course_id.to_string(),
             payload: event.to_json(),
             request_id,
+            traceparent,
         }
     }
 
-    /// The spool's form: key length (u16 BE), key, request id length (u16
-    /// BE), request id, payload.
+    /// The spool's form. Without a traceparent, the first form: key length
+    /// (u16 BE), key, request id length (u16 BE), request id, payload. With
+    /// one, the second: the marker [`TRACED`], then the same with the
+    /// traceparent (length, bytes) before the payload. The first form is the
+    /// one earlier builds wrote and read, so records without a trace context
+    /// still replay on them after a downgrade.
     pub fn spool_bytes(&self) -> Vec<u8> {
-        let key = &self.key.as_bytes()[..self.key.len().min(u16::MAX as usize)];
-        let id = &self.request_id.as_bytes()[..self.request_id.len().min(u16::MAX as usize)];
-        let mut out = Vec::with_capacity(4 + key.len() + id.len() + self.payload.len());
-        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-        out.extend_from_slice(key);
-        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        out.extend_from_slice(id);
+        let traceparent = self.traceparent.as_deref();
+        let fields = [Some(self.key.as_str()), Some(&self.request_id), traceparent];
+        let mut out = Vec::with_capacity(
+            8 + fields.iter().flatten().map(|f| f.len()).sum::<usize>() + self.payload.len(),
+        );
+        if traceparent.is_some() {
+            out.extend_from_slice(&TRACED);
+        }
+        for field in fields.into_iter().flatten() {
+            let bytes = &field.as_bytes()[..field.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
         out.extend_from_slice(&self.payload);
         out
     }
 
-    /// Reads [`KafkaRecord::spool_bytes`] back; `None` when they are not a record.
+    /// Reads [`KafkaRecord::spool_bytes`] back (either form); `None` when
+    /// they are not a record.
     pub fn from_spool_bytes(bytes: &[u8]) -> Option<Self> {
         let take = |at: usize| -> Option<(String, usize)> {
             let len = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
             let text = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?;
             Some((text.to_owned(), at + 2 + len))
         };
-        let (key, at) = take(0)?;
+        let traced = bytes.starts_with(&TRACED);
+        let (key, at) = take(if traced { TRACED.len() } else { 0 })?;
         let (request_id, at) = take(at)?;
+        let (traceparent, at) = if traced {
+            let (traceparent, at) = take(at)?;
+            (Some(traceparent), at)
+        } else {
+            (None, at)
+        };
         Some(Self {
             key,
             request_id,
+            traceparent,
             payload: bytes[at..].to_vec(),
         })
     }
@@ -70,6 +105,7 @@ mod tests {
             key: "课程-1".into(),
             payload: b"{\"a\":1}".to_vec(),
             request_id: "rid".into(),
+            traceparent: None,
         }
     }
 
@@ -100,9 +136,45 @@ mod tests {
             key: "C1".into(),
             payload: b"{}".to_vec(),
             request_id: "r".into(),
+            traceparent: None,
         };
         let json = r#"{"key":"C1","payload":[123,125],"request_id":"r"}"#;
         assert_eq!(serde_json::to_string(&record).unwrap(), json);
         assert_eq!(serde_json::from_str::<KafkaRecord>(json).unwrap(), record);
+
+        let traced = KafkaRecord {
+            traceparent: Some(TRACEPARENT.into()),
+            ..record
+        };
+        let json = format!(
+            r#"{{"key":"C1","payload":[123,125],"request_id":"r","traceparent":"{TRACEPARENT}"}}"#
+        );
+        assert_eq!(serde_json::to_string(&traced).unwrap(), json);
+        assert_eq!(serde_json::from_str::<KafkaRecord>(&json).unwrap(), traced);
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_traced_record_takes_the_second_spool_form_byte_for_byte() {
+        let record = KafkaRecord {
+            traceparent: Some(TRACEPARENT.into()),
+            ..course_record()
+        };
+        let mut expected = vec![0xff, 0x02, 0, 8];
+        expected.extend_from_slice("课程-1".as_bytes());
+        expected.extend_from_slice(&[0, 3]);
+        expected.extend_from_slice(b"rid");
+        expected.extend_from_slice(&[0, 55]);
+        expected.extend_from_slice(TRACEPARENT.as_bytes());
+        expected.extend_from_slice(b"{\"a\":1}");
+        assert_eq!(record.spool_bytes(), expected);
+        assert_eq!(KafkaRecord::from_spool_bytes(&expected), Some(record));
+        // Cut inside its traceparent, or an unknown form: not a record.
+        assert_eq!(KafkaRecord::from_spool_bytes(&expected[..20]), None);
+        assert_eq!(
+            KafkaRecord::from_spool_bytes(&[0xff, 0x03, 0, 0, 0, 0]),
+            None
+        );
     }
 }

@@ -315,6 +315,7 @@ pub(crate) mod tests {
             key: format!("C{}", i % 3),
             payload: format!("{{\"n\":{i}}}").into_bytes(),
             request_id: format!("r{i}"),
+            traceparent: None,
         }
     }
 

@@ -268,7 +268,7 @@ async function loadComments() {
   let body;
   try { body = await (await api(coursePath("/feedback?" + q))).json(); }
   catch (err) {
-    // A cursor the service no longer takes (its secret changed): start over at page one.
+    // A cursor the service no longer takes (issued for another course, or damaged): start over at page one.
     if (!(err instanceof ApiError && err.code === "invalid_cursor" && pageIndex > 0)) throw err;
     cursors = [null]; pageIndex = 0;
     return loadComments();

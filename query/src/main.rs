@@ -28,7 +28,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    let _telemetry = shared::telemetry::init("query");
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = query::Config::from_env()?;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-/// A course identifier: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+/// A course identifier: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`, and
+/// for a new submission the first a letter or a digit ([`CourseId::parse_new`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CourseId(String);
@@ -18,6 +19,24 @@ pub struct CourseId(String);
 impl CourseId {
     pub const MAX_LEN: usize = 64;
 
+    /// A course id a new submission may name: [`CourseId::parse`]'s, the
+    /// first character a letter or a digit. `.` and `..` are path segments
+    /// every URL client removes, so such a course could never be read back;
+    /// ids starting with `_ : -` go with them, as the contract says.
+    pub fn parse_new(value: impl Into<String>) -> Result<Self, Invalid> {
+        let id = Self::parse(value)?;
+        if id.0.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            Ok(id)
+        } else {
+            Err(Invalid(
+                "course_id must start with a letter or a digit".into(),
+            ))
+        }
+    }
+
+    /// A course id as it may already be stored: events on the topic or in a
+    /// spool and rows in MySQL from before [`CourseId::parse_new`] may start
+    /// with `_ . : -`, and stay readable.
     pub fn parse(value: impl Into<String>) -> Result<Self, Invalid> {
         let value = value.into();
         let length = value.chars().count();
@@ -146,15 +165,38 @@ impl From<Comment> for String {
     }
 }
 
-/// A feedback id: a ULID (26 characters of Crockford base 32), unique and
-/// sortable by creation time.
+/// A feedback id: a ULID (26 characters of Crockford base 32), unique.
+/// A generated one sorts by creation time; one derived from what a client
+/// sent ([`FeedbackId::keyed`]) does not, so nothing orders submissions by
+/// id alone: `submitted_at` first, the id only between equal times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FeedbackId(ulid::Ulid);
 
 impl FeedbackId {
+    /// A fresh random id, which sorts by when it was made (to the millisecond).
     pub fn generate() -> Self {
         Self(ulid::Ulid::new())
+    }
+
+    /// The id a submission's own content names: the first 128 bits of
+    /// HMAC-SHA256 under `key` over `parts` (each length-prefixed, so no two
+    /// lists of parts are one message), the same wherever it is computed.
+    /// Any 128 bits are a ULID (its first character 0 to 7), but this one
+    /// carries no creation time: `submitted_at` orders submissions, and an
+    /// id only breaks its ties.
+    pub fn keyed(key: &[u8], parts: &[&[u8]]) -> Self {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(key)
+            .expect("HMAC accepts keys of any length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let digest = mac.finalize().into_bytes();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self(ulid::Ulid(u128::from_be_bytes(first)))
     }
 
     /// A ULID in its canonical form only: upper case, as the schema's
@@ -256,6 +298,38 @@ mod tests {
         // message names the character, not the length.
         let err = CourseId::parse(format!("{}é", "x".repeat(63))).unwrap_err();
         assert!(err.0.contains("only letters"), "{}", err.0);
+    }
+
+    #[test]
+    fn a_new_course_id_starts_with_a_letter_or_a_digit_and_a_stored_one_need_not() {
+        for ok in ["CS101", "9a", "a.", "x-_:."] {
+            assert_eq!(CourseId::parse_new(ok).unwrap().as_str(), ok);
+        }
+        for old in [".", "..", ".x", "-a", "_a", ":a"] {
+            let err = CourseId::parse_new(old).unwrap_err();
+            assert!(err.0.contains("start with"), "{old}: {}", err.0);
+            assert_eq!(CourseId::parse(old).unwrap().as_str(), old, "still read");
+        }
+        // Outside the alphabet, the alphabet's message.
+        let err = CourseId::parse_new("é").unwrap_err();
+        assert!(err.0.contains("only letters"), "{}", err.0);
+    }
+
+    #[test]
+    fn keyed_feedback_ids_are_canonical_ulids_fixed_by_key_and_parts() {
+        let id = FeedbackId::keyed(b"secret", &[b"a", b"bc"]);
+        assert_eq!(id, FeedbackId::keyed(b"secret", &[b"a", b"bc"]));
+        assert_ne!(id, FeedbackId::keyed(b"other", &[b"a", b"bc"]));
+        assert_ne!(
+            id,
+            FeedbackId::keyed(b"secret", &[b"ab", b"c"]),
+            "parts are framed"
+        );
+        assert_ne!(id, FeedbackId::keyed(b"secret", &[b"a", b"bc", b""]));
+        let text = id.to_string();
+        assert_eq!(text.len(), 26);
+        assert!(matches!(text.as_bytes()[0], b'0'..=b'7'), "{text}");
+        assert_eq!(FeedbackId::parse(&text).unwrap(), id);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`breaker`]: the circuit breaker in front of Kafka (ingest) and Redis (query).
 //! - [`metrics`]: the recorder, and every metric's name with its HELP text.
 //! - [`shutdown`]: the signal, and the `Stop` every task of a service waits on.
+//! - [`trace`]: the request id and W3C `traceparent` a submission carries
+//!   from ingest's HTTP request through Kafka to the aggregator's log.
 //! - [`env`](mod@env), [`telemetry`], [`kafka`]: start-up plumbing.
 
 pub mod auth;
@@ -32,3 +34,4 @@ pub mod redis_hash;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

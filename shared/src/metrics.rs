@@ -60,6 +60,7 @@ pub mod names {
     pub const AGGREGATOR_REDELIVERED_BATCHES_TOTAL: &str = "aggregator_redelivered_batches_total";
     pub const AGGREGATOR_DLQ_TOTAL: &str = "aggregator_dlq_total";
     pub const AGGREGATOR_DLQ_FAILED_TOTAL: &str = "aggregator_dlq_failed_total";
+    pub const AGGREGATOR_QUARANTINED_TOTAL: &str = "aggregator_quarantined_total";
     pub const AGGREGATOR_REBALANCES_TOTAL: &str = "aggregator_rebalances_total";
     pub const AGGREGATOR_OFFSETS_REWOUND_TOTAL: &str = "aggregator_offsets_rewound_total";
     pub const AGGREGATOR_SINK_CONFLICTS_TOTAL: &str = "aggregator_sink_conflicts_total";
@@ -113,7 +114,8 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL, Kind::Counter, "Events skipped because their feedback_id was already applied."),
     (names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL, Kind::Counter, "Batches that overlapped offsets already in MySQL and were written again past them."),
     (names::AGGREGATOR_DLQ_TOTAL, Kind::Counter, "Messages sent to the dead-letter topic (undecodable or invalid)."),
-    (names::AGGREGATOR_DLQ_FAILED_TOTAL, Kind::Counter, "Poison messages that could not be written to the dead-letter topic after five tries and were skipped (logged with partition and offset)."),
+    (names::AGGREGATOR_DLQ_FAILED_TOTAL, Kind::Counter, "Failed attempts to write a dead letter; the lane waits and tries again until one succeeds (nothing is skipped), consumption paused meanwhile."),
+    (names::AGGREGATOR_QUARANTINED_TOTAL, Kind::Counter, "Events MySQL refused for good (a constraint the data breaks, a value out of range), set aside in quarantined_events with their offsets and not counted, by reason."),
     (names::AGGREGATOR_REBALANCES_TOTAL, Kind::Counter, "Consumer group rebalances this replica went through."),
     (names::AGGREGATOR_OFFSETS_REWOUND_TOTAL, Kind::Counter, "Partitions restarted from the log's start because Kafka lost the recorded offset."),
     (names::AGGREGATOR_SINK_CONFLICTS_TOTAL, Kind::Counter, "Batch transactions rolled back on a deadlock or a lost offset race, then retried."),

@@ -18,6 +18,10 @@ pub const CURRENT_RESPONSES: &str = "current_responses";
 pub const COURSE_STATS: &str = "course_stats";
 /// The aggregator's progress: the next offset per topic partition.
 pub const CONSUMER_OFFSETS: &str = "consumer_offsets";
+/// Events MySQL refused for good (a constraint the data breaks, a value out
+/// of range), set aside with the reason by the transaction that moved their
+/// offsets past them.
+pub const QUARANTINED_EVENTS: &str = "quarantined_events";
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS feedback_events (
@@ -60,6 +64,24 @@ const MIGRATIONS: &[&str] = &[
         next_offset BIGINT NOT NULL,
         updated_at DATETIME(6) NOT NULL,
         PRIMARY KEY (topic, kafka_partition)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    // `payload` is the message's value as read, to produce again once the
+    // cause is fixed; the key is its place in the topic, so a redelivered
+    // batch cannot set the same event aside twice.
+    "CREATE TABLE IF NOT EXISTS quarantined_events (
+        topic VARCHAR(255) NOT NULL,
+        kafka_partition INT NOT NULL,
+        kafka_offset BIGINT NOT NULL,
+        feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        payload LONGBLOB NOT NULL,
+        error_code INT NOT NULL,
+        reason VARCHAR(32) NOT NULL,
+        error_message TEXT NOT NULL,
+        request_id VARCHAR(255) NULL,
+        traceparent VARCHAR(255) NULL,
+        quarantined_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (topic, kafka_partition, kafka_offset)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
 ];
 

@@ -1,24 +1,112 @@
 //! Structured logs with `tracing`: `RUST_LOG` filters (default `info`),
 //! `FEEDBACK_LOG_FORMAT=json` switches to JSON lines. Colours only on a
 //! terminal: a log file or `docker compose logs` gets plain text.
+//!
+//! Trace export is optional and off by default: with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+//! set, the spans `RUST_LOG` lets through also go to that OpenTelemetry
+//! collector over OTLP/HTTP (protobuf), as service `OTEL_SERVICE_NAME`
+//! (default the binary's name); the exporter's other standard variables
+//! (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...) apply. A span continues
+//! the client's trace when the request came with a `traceparent`
+//! (`shared::trace`). Unset, nothing is exported and nothing is set up.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber once; later calls (tests) do nothing.
-pub fn init() {
+/// Set once the exporter is installed: the trace helpers do nothing without it.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (an OTLP endpoint was configured).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// What must live as long as the process: dropped at the end of `main`, it
+/// sends the spans still queued.
+#[must_use = "dropping it at once stops the trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(err) = provider.shutdown() {
+                tracing::warn!(%err, "sending the last spans to the OTLP endpoint failed");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber once, for the service `service`; later
+/// calls (tests) install nothing and export nothing.
+pub fn init(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(std::io::stdout().is_terminal());
-    let result = if crate::env::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
-        builder.json().flatten_event(true).try_init()
+    let fmt = if crate::env::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    let (provider, export_error) = match otlp_provider(service) {
+        Ok(provider) => (provider, None),
+        Err(err) => (None, Some(err)),
+    };
+    let otel = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if let Some(err) = export_error {
+        tracing::error!(%err, "the OTLP trace exporter could not be set up: spans are not exported");
+    }
     // Already installed (tests start many apps in one process): keep the first.
-    let _ = result;
+    let provider = provider.filter(|_| installed);
+    if provider.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
+        tracing::info!("exporting spans over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
+
+/// The tracer provider, when an OTLP endpoint is configured.
+fn otlp_provider(service: &'static str) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| crate::env::var(name).is_some());
+    if !configured {
+        return Ok(None);
+    }
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()?;
+    let name = crate::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name)
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }

@@ -97,6 +97,11 @@ impl Scenario {
     /// Starts the real binary (so it can be killed with SIGKILL): `binary`
     /// is its path, `env!("CARGO_BIN_EXE_aggregator")` in the aggregator's tests.
     pub fn spawn_process(&self, binary: &str) -> AggregatorProcess {
+        self.spawn_process_with(binary, &[])
+    }
+
+    /// [`Scenario::spawn_process`] with `env` added (or overriding).
+    pub fn spawn_process_with(&self, binary: &str, env: &[(&str, &str)]) -> AggregatorProcess {
         let port = free_port();
         // Its log, kept for a post-mortem when a test fails.
         let log = crate::temp_root().join(format!("{}-{port}.log", self.group));
@@ -104,11 +109,12 @@ impl Scenario {
         eprintln!("aggregator on port {port} logs to {}", log.display());
         let child = Command::new(binary)
             .envs(self.env(port))
+            .envs(env.iter().copied())
             .stdout(file.try_clone().expect("a log handle"))
             .stderr(file)
             .spawn()
             .expect("starting the aggregator binary");
-        AggregatorProcess { child, port }
+        AggregatorProcess { child, port, log }
     }
 
     /// Starts an aggregator inside the test.
@@ -172,6 +178,8 @@ impl TestAggregator {
 pub struct AggregatorProcess {
     child: Child,
     pub port: u16,
+    /// The file its standard output and error go to.
+    pub log: std::path::PathBuf,
 }
 
 impl AggregatorProcess {

@@ -11,12 +11,28 @@ pub struct Consumed {
     pub payload: Vec<u8>,
     pub partition: i32,
     pub offset: i64,
+    /// Its `x-request-id` header.
     pub request_id: Option<String>,
+    /// Every header, in order (a value that is not UTF-8 replaced lossily; none as empty).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Consumed {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).expect("the payload is JSON")
+    }
+
+    /// The value of its header `name`, if it has one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The names of its headers, in order.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(key, _)| key.as_str()).collect()
     }
 }
 
@@ -45,19 +61,29 @@ pub async fn consume_until(
                 out.len()
             ),
         };
-        let request_id = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == "x-request-id")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                        (h.key.to_owned(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let request_id = headers
+            .iter()
+            .find(|(key, _)| key == "x-request-id")
+            .map(|(_, value)| value.clone());
         out.push(Consumed {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             payload: message.payload().unwrap_or_default().to_vec(),
             partition: message.partition(),
             offset: message.offset(),
             request_id,
+            headers,
         });
     }
     Ok(out)

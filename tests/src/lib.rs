@@ -11,6 +11,7 @@
 //!   them (topic, database, Redis db, temp dir, port).
 //! - [`tokens`]: the JWT secret every test service uses, and its tokens.
 //! - [`kafka`]: reading a topic back.
+//! - [`otlp`]: a stand-in OpenTelemetry collector, to see spans exported.
 //! - [`faults`]: killing and restarting a shared server (`scripts/infra.sh`).
 //! - [`idp`]: the real identity provider: a realm per test, tokens from
 //!   its login flow, its keys rotated.
@@ -33,6 +34,7 @@ pub mod idp;
 pub mod ingest;
 pub mod kafka;
 pub mod oneshot;
+pub mod otlp;
 pub mod private;
 pub mod query;
 pub mod resources;

@@ -24,11 +24,19 @@
 //! The statements come in a few fixed shapes (`shapes.rs`), so that each
 //! connection prepares them once.
 //!
+//! An error that says MySQL will never store a value of the batch (a
+//! constraint it breaks: `refusal.rs`) is a [`SinkError::Refused`]; the
+//! lane then commits the batch in parts until the refused events stand
+//! alone, and each goes to `quarantined_events` in a transaction that moves
+//! its offset past it (`quarantine.rs`).
+//!
 //! Redis is updated only after the commit (see `redis_view.rs`).
 
 mod current;
 mod history;
 mod offsets;
+mod quarantine;
+pub mod refusal;
 mod shapes;
 mod stats;
 
@@ -43,6 +51,8 @@ use shared::redis_hash::Delta;
 
 use crate::counting;
 use crate::steps::Steps;
+pub use quarantine::{quarantine, Quarantined};
+pub use refusal::Refusal;
 
 /// An event read from Kafka, with where it came from.
 #[derive(Debug, Clone)]
@@ -59,8 +69,20 @@ pub struct Committed {
     pub applied: usize,
     /// Events skipped: redelivered offsets and duplicate `feedback_id`s.
     pub duplicates: usize,
+    /// Events MySQL refused, set aside in `quarantined_events`.
+    pub quarantined: usize,
     /// The per-course changes, with the versions they move between.
     pub deltas: Vec<Delta>,
+}
+
+impl Committed {
+    /// Adds what a later transaction of the same batch did (its deltas follow these).
+    pub fn absorb(&mut self, later: Committed) {
+        self.applied += later.applied;
+        self.duplicates += later.duplicates;
+        self.quarantined += later.quarantined;
+        self.deltas.extend(later.deltas);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +93,23 @@ pub enum SinkError {
     /// MySQL is unreachable or failed: retry with backoff.
     #[error("MySQL unavailable: {0}")]
     Unavailable(#[source] UnavailableCause),
+    /// MySQL will never store a value of the transaction (`refusal.rs`):
+    /// retrying it as it is cannot succeed.
+    #[error(transparent)]
+    Refused(Refusal),
+}
+
+impl SinkError {
+    /// The same error with a refusal taken as a failure to retry: for the
+    /// writes that must happen however long it takes (the quarantine itself).
+    pub fn retried(self) -> Self {
+        match self {
+            SinkError::Refused(refusal) => {
+                SinkError::Unavailable(UnavailableCause::Mysql(refusal.error))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Why MySQL could not take a transaction.
@@ -79,7 +118,7 @@ pub enum UnavailableCause {
     /// No connection within `connect`'s timeout (mysql_async has none of its own).
     #[error("timed out connecting to MySQL")]
     ConnectTimedOut,
-    /// Anything MySQL or the connection said, but a conflict.
+    /// Anything MySQL or the connection said, but a conflict or a refusal.
     #[error(transparent)]
     Mysql(#[from] mysql_async::Error),
 }
@@ -90,7 +129,10 @@ impl From<mysql_async::Error> for SinkError {
             mysql_async::Error::Server(server) if matches!(server.code, 1213 | 1205) => {
                 SinkError::Conflict(err)
             }
-            _ => SinkError::Unavailable(err.into()),
+            _ => match Refusal::of(&err) {
+                Some(reason) => SinkError::Refused(Refusal { reason, error: err }),
+                None => SinkError::Unavailable(err.into()),
+            },
         }
     }
 }
@@ -184,6 +226,7 @@ async fn commit_as(
         applied: new.len(),
         // Redelivered offsets, copies within the batch, and ids already in the history.
         duplicates: events.len() - new.len(),
+        quarantined: 0,
         deltas,
     }))
 }

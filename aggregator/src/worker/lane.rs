@@ -1,25 +1,28 @@
 //! A lane: collects a batch of its partitions' messages, decodes it (poison
-//! to the DLQ), commits it to MySQL, retrying until MySQL takes it, and then
-//! passes it on: its deltas to Redis, its offsets to Kafka.
+//! to the DLQ, waiting until the DLQ takes it), commits it to MySQL,
+//! retrying until MySQL takes it or setting aside the events MySQL refuses
+//! for good (`commit.rs`), and then passes it on: its deltas to Redis, its
+//! offsets to Kafka.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBackoff};
 use rdkafka::message::{Message, OwnedMessage};
 use shared::event::FeedbackSubmitted;
 use shared::metrics::names;
 use shared::shutdown::Stop;
+use shared::trace::TraceContext;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::commit::{self, Outcome};
 use super::Worker;
 use crate::config::Config;
-use crate::dlq::{DeadLetters, Poison};
+use crate::dlq::Poison;
 use crate::redis_view::DeltaQueue;
-use crate::sink::{self, Committed, Received, SinkError};
+use crate::sink::Received;
 
 /// What the router hands a lane, in order.
 pub(super) enum LaneInput {
@@ -69,12 +72,16 @@ async fn run(
         if batch.is_empty() {
             continue;
         }
-        let chunk = decode(&worker.dead_letters, &batch).await;
-        if !commit_and_pass_on(&worker, index, &chunk, &deltas, &stop).await {
+        let decoded = decode(&worker, &batch, &stop).await;
+        let passed_on = match &decoded {
+            Some(chunk) => commit_and_pass_on(&worker, index, &batch, chunk, &deltas, &stop).await,
+            None => false,
+        };
+        if !passed_on {
             tracing::info!(
                 lane = index,
                 messages = batch.len(),
-                "shutdown while MySQL was down: batch abandoned, it is redelivered later"
+                "shutdown while MySQL or the DLQ was down: batch abandoned, it is redelivered later"
             );
             return;
         }
@@ -145,6 +152,8 @@ struct Chunk {
     /// Messages read, poison included.
     messages: usize,
     events: Vec<Received>,
+    /// Each event's trace (`shared::trace`), by the same index, for its log line.
+    traces: Vec<TraceContext>,
     /// The last offset read per partition (poison included, so it is not read again).
     consumed: BTreeMap<i32, i64>,
 }
@@ -152,10 +161,13 @@ struct Chunk {
 /// Decodes a batch; poison goes to the DLQ, all of the batch's at once (one
 /// at a time, each would wait out its own retries in turn, and a batch of
 /// poison during a broker restart would hold its lane for all of them).
-async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
+/// A dead letter is never skipped: the batch waits until each is written;
+/// `None` when shutdown came first (the batch is read again later).
+async fn decode(worker: &Worker, batch: &[OwnedMessage], stop: &Stop) -> Option<Chunk> {
     let mut chunk = Chunk {
         messages: batch.len(),
         events: Vec::with_capacity(batch.len()),
+        traces: Vec::with_capacity(batch.len()),
         consumed: BTreeMap::new(),
     };
     let mut poison = Vec::new();
@@ -167,37 +179,57 @@ async fn decode(dead_letters: &DeadLetters, batch: &[OwnedMessage]) -> Chunk {
         *last = (*last).max(message.offset());
         let payload = message.payload().unwrap_or_default();
         match FeedbackSubmitted::decode(payload) {
-            Ok(event) => chunk.events.push(Received {
-                partition: message.partition(),
-                offset: message.offset(),
-                event,
-            }),
+            Ok(event) => {
+                chunk.events.push(Received {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    event,
+                });
+                chunk
+                    .traces
+                    .push(TraceContext::from_kafka(message.headers()));
+            }
             Err(err) => poison.push(Poison {
                 partition: message.partition(),
                 offset: message.offset(),
                 key: message.key().map(<[u8]>::to_vec),
                 payload: payload.to_vec(),
+                headers: message.headers().cloned(),
                 reason: crate::dlq::reason(&err),
             }),
         }
     }
-    futures::future::join_all(poison.iter().map(|p| dead_letters.send(p))).await;
-    chunk
+    let sends = poison
+        .iter()
+        .map(|p| worker.dead_letters.send(p, stop, &worker.health));
+    let written = futures::future::join_all(sends).await;
+    written.into_iter().all(|sent| sent).then_some(chunk)
 }
 
-/// Commits a chunk to MySQL ([`commit_with_retries`]), then queues its
-/// deltas for Redis and records its offsets for Kafka; false when shutdown
-/// came while MySQL was down (nothing committed).
+/// Commits a chunk, decoded from `batch`, to MySQL (`commit.rs`), then
+/// queues its deltas for Redis and records its offsets for Kafka; false when
+/// shutdown came while MySQL was down (the part committed by then still
+/// goes to Redis; the offsets for Kafka wait for the rest).
 async fn commit_and_pass_on(
     worker: &Worker,
     index: usize,
+    batch: &[OwnedMessage],
     chunk: &Chunk,
     deltas: &DeltaQueue,
     stop: &Stop,
 ) -> bool {
     let started = Instant::now();
-    let Some(committed) = commit_with_retries(worker, index, chunk, stop).await else {
-        return false;
+    let spans = event_spans(index, chunk);
+    let outcome = commit::commit(worker, index, batch, &chunk.events, &chunk.consumed, stop).await;
+    drop(spans);
+    let committed = match outcome {
+        Outcome::Done(committed) => committed,
+        Outcome::Stopped(partly) => {
+            metrics::counter!(names::AGGREGATOR_EVENTS_APPLIED_TOTAL)
+                .increment(partly.applied as u64);
+            deltas.push(partly.deltas).await;
+            return false;
+        }
     };
     deltas.push(committed.deltas).await;
     worker.advisory.record(&chunk.consumed);
@@ -214,79 +246,67 @@ async fn commit_and_pass_on(
         messages = chunk.messages,
         applied = committed.applied,
         duplicates = committed.duplicates,
+        quarantined = committed.quarantined,
         "batch committed"
     );
+    log_events(index, chunk);
     true
 }
 
-/// The longest pause before retrying a transaction that hit a deadlock.
-const CONFLICT_MAX: Duration = Duration::from_millis(50);
+/// The target of the per-event lines: `RUST_LOG=info,aggregator::events=debug`
+/// turns them on alone.
+const EVENTS: &str = "aggregator::events";
 
-/// Commits a chunk to MySQL. Conflicts (deadlock, lock wait timeout) retry
-/// after a pause of a millisecond or a few; an unreachable MySQL retries
-/// with backoff until it answers (nothing is skipped) or shutdown (`None`).
-async fn commit_with_retries(
-    worker: &Worker,
-    index: usize,
-    chunk: &Chunk,
-    stop: &Stop,
-) -> Option<Committed> {
-    let mut backoff = outage_backoff();
-    let mut conflicts = conflict_backoff();
-    let mut failing = false;
-    let committed = loop {
-        let topic = &worker.config.topic;
-        match sink::commit_batch(&worker.pool, topic, &chunk.events, &chunk.consumed).await {
-            Ok(committed) => break committed,
-            Err(SinkError::Conflict(err)) => {
-                tracing::debug!(%err, lane = index, "transaction conflict; retrying");
-                metrics::counter!(names::AGGREGATOR_SINK_CONFLICTS_TOTAL).increment(1);
-                // A short random pause, so that lanes that deadlocked do not
-                // take the same locks again in step and deadlock anew.
-                tokio::time::sleep(conflicts.next().unwrap_or(CONFLICT_MAX)).await;
-            }
-            Err(SinkError::Unavailable(err)) => {
-                if !failing {
-                    failing = true;
-                    worker.health.lane_failing();
-                    tracing::warn!(%err, lane = index, "MySQL unavailable: lane paused, retrying");
-                }
-                metrics::counter!(names::AGGREGATOR_SINK_FAILURES_TOTAL).increment(1);
-                let delay = backoff.next().unwrap_or(Duration::from_secs(3));
-                tokio::select! {
-                    biased;
-                    () = stop.wait() => {
-                        worker.health.lane_stopped_failing();
-                        return None;
-                    }
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    };
-    if failing {
-        worker.health.lane_stopped_failing();
-        tracing::info!(lane = index, "MySQL reachable again: lane resumed");
+/// When spans are exported (`shared::telemetry`): one per event that came
+/// with a `traceparent`, a child of the client's span, open while its batch
+/// commits. An event without one gets none: a new trace per event would be
+/// thousands a second that no one asked for.
+fn event_spans(lane: usize, chunk: &Chunk) -> Vec<tracing::Span> {
+    if !shared::telemetry::exporting() {
+        return Vec::new();
     }
-    Some(committed)
+    let traced = chunk.events.iter().zip(&chunk.traces);
+    traced
+        .filter_map(|(received, trace)| {
+            let traceparent = trace.traceparent.as_deref()?;
+            let span = tracing::info_span!(
+                target: EVENTS,
+                "commit event",
+                lane,
+                feedback_id = %received.event.feedback_id,
+                course_id = %received.event.course_id,
+                partition = received.partition,
+                offset = received.offset,
+                request_id = trace.request_id.as_deref(),
+            );
+            shared::trace::continue_trace(&span, traceparent);
+            Some(span)
+        })
+        .collect()
 }
 
-/// Pauses between tries while MySQL is unreachable.
-fn outage_backoff() -> ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Pauses between tries of a transaction that hit a deadlock or lock wait.
-fn conflict_backoff() -> ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(1))
-        .with_max_delay(CONFLICT_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// One DEBUG line per event of a committed batch, with the request id and
+/// `traceparent` ingest put on its record: what ties a submission's access
+/// line in ingest to the aggregator. DEBUG, not INFO: at thousands of events
+/// a second a line each would be most of the log, and the counts are in the
+/// metrics (`aggregator_events_applied_total`, the batch histograms). A
+/// duplicate the sink skipped, or an event it quarantined (which has a WARN
+/// line of its own), is logged too: it was in the batch committed.
+fn log_events(lane: usize, chunk: &Chunk) {
+    if !tracing::enabled!(target: EVENTS, tracing::Level::DEBUG) {
+        return;
+    }
+    for (received, trace) in chunk.events.iter().zip(&chunk.traces) {
+        tracing::debug!(
+            target: EVENTS,
+            lane,
+            feedback_id = %received.event.feedback_id,
+            course_id = %received.event.course_id,
+            partition = received.partition,
+            offset = received.offset,
+            request_id = trace.request_id.as_deref(),
+            traceparent = trace.traceparent.as_deref(),
+            "event committed"
+        );
+    }
 }

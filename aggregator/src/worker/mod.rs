@@ -12,9 +12,11 @@
 //! topic is keyed by course).
 //!
 //! Flow control: while a lane holds 4 MiB, the router stops taking messages
-//! (librdkafka's own bounded queue holds the rest). While MySQL is down, the
-//! whole assignment is paused instead and the router keeps polling, so the
-//! group keeps this member however long the outage lasts.
+//! (librdkafka's own bounded queue holds the rest). While MySQL is down, or
+//! a dead letter cannot be written, the whole assignment is paused instead
+//! and the router keeps polling, so the group keeps this member however long
+//! the outage lasts. An event MySQL refuses for good pauses nothing: the
+//! lane sets it aside (`commit.rs`) and goes on.
 //!
 //! A revocation travels down every lane's queue in order with the messages,
 //! so a lane drops exactly what it buffered for the revoked partitions before
@@ -22,6 +24,7 @@
 //! offsets).
 
 mod advisory;
+mod commit;
 mod lane;
 mod router;
 

@@ -1,6 +1,7 @@
 //! The router: reads the consumer and hands each message to the lane of its
 //! partition, holding back while a lane is behind and pausing the whole
-//! assignment while MySQL is down; rebalances go down every lane's queue.
+//! assignment while MySQL is down or a dead letter cannot be written;
+//! rebalances go down every lane's queue.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -53,7 +54,7 @@ async fn route(
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let failing = !worker.health.sink_up();
+        let failing = worker.health.stalled();
         let behind = lanes
             .iter()
             .any(|lane| lane.queued.load(Ordering::Relaxed) >= LANE_BYTES);
@@ -150,7 +151,8 @@ fn apply_rebalances(
     assigned
 }
 
-/// Pauses or resumes fetching for the whole assignment (MySQL down or back).
+/// Pauses or resumes fetching for the whole assignment (MySQL or the DLQ
+/// down, or back).
 fn set_paused(worker: &Worker, paused: bool) {
     let Ok(assignment) = worker.consumer.assignment() else {
         return;
@@ -161,8 +163,10 @@ fn set_paused(worker: &Worker, paused: bool) {
         worker.consumer.resume(&assignment)
     };
     match result {
-        Ok(()) if paused => tracing::info!("MySQL unavailable: consumption paused"),
-        Ok(()) => tracing::info!("MySQL reachable again: consumption resumed"),
+        Ok(()) if paused => {
+            tracing::info!("MySQL or the DLQ unavailable: consumption paused")
+        }
+        Ok(()) => tracing::info!("MySQL and the DLQ available again: consumption resumed"),
         Err(err) => tracing::warn!(%err, paused, "changing the pause state failed"),
     }
 }

@@ -5,6 +5,8 @@
 
 mod exactly_once;
 mod faults;
+mod quarantine;
+mod trace;
 
 /// The aggregator binary, for the tests that kill it with SIGKILL.
 const AGGREGATOR: &str = env!("CARGO_BIN_EXE_aggregator");

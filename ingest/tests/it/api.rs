@@ -75,6 +75,111 @@ async fn an_accepted_submission_is_on_the_topic_keyed_by_course_as_schema_valid_
     ingest.shutdown().await;
 }
 
+/// JSON Schema, and so the API document, calls `3.0` an integer: ingest
+/// takes it as the rating 3, and the event carries a plain integer.
+#[tokio::test]
+async fn a_whole_rating_written_as_a_float_is_taken_as_that_integer() {
+    let ingest = TestIngest::spawn().await;
+    let response = ingest
+        .client
+        .post(format!("{}/v1/feedback", ingest.url))
+        .bearer_auth(student("s-float"))
+        .header("content-type", "application/json")
+        .body(r#"{"course_id": "CS101", "rating": 3.0}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let messages = consume(&ingest.topic, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let event = messages[0].json();
+    assert!(schema().is_valid(&event), "{event} does not validate");
+    assert!(event["rating"].is_u64(), "{event}");
+    assert_eq!(event["rating"], 3);
+
+    // A fraction is still no rating.
+    let response = ingest
+        .post(
+            &student("s-float"),
+            &json!({"course_id": "CS101", "rating": 3.5}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_of(response).await["field"], "rating");
+    ingest.shutdown().await;
+}
+
+/// The string schema the API document gives a submission's `comment`: its
+/// `maxLength` and its `pattern` (the YAML line's double-quoted value,
+/// unescaped).
+fn documented_comment_schema() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/openapi.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let depth = |line: &str| line.len() - line.trim_start().len();
+    let lines: Vec<&str> = text
+        .lines()
+        .skip_while(|line| line.trim_end() != "    FeedbackSubmission:")
+        .skip_while(|line| line.trim_end() != "        comment:")
+        .skip(1)
+        .take_while(|line| depth(line) > 8)
+        .collect();
+    let value = |key: &str| {
+        lines
+            .iter()
+            .find_map(|line| line.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("the document gives FeedbackSubmission's comment {key}"))
+    };
+    let max_length: u64 = value("maxLength: ").parse().unwrap();
+    let pattern = value("pattern: ").trim_matches('"').replace("\\\\", "\\");
+    let schema = json!({"type": "string", "maxLength": max_length, "pattern": pattern});
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// The document's schema for a comment takes what ingest takes, as sent:
+/// control characters but tab, line feed and carriage return are refused
+/// by both, and so is a comment over 2000 characters, even when trimming
+/// would have made it shorter or dropped the control character.
+#[tokio::test]
+async fn the_documents_comment_schema_refuses_the_comments_ingest_refuses() {
+    let schema = documented_comment_schema();
+    let ingest = TestIngest::spawn().await;
+    let alice = student("alice-comments");
+    let padded = format!("{}{}", " ".repeat(10), "好".repeat(1995));
+    let full = "好".repeat(2000);
+    for comment in [
+        "讲得很清楚\n\tline two\r\n",
+        "a bell \u{7}",
+        "\u{11}öß",
+        "delete \u{7f}",
+        "next line \u{85}",
+        "\u{b}vertical tab",
+        "no-break\u{a0}space",
+        "zero\u{200b}width",
+        padded.as_str(),
+        full.as_str(),
+    ] {
+        let body = json!({"course_id": "CS101", "rating": 3, "comment": comment});
+        let status = ingest.post(&alice, &body).await.status();
+        assert!(
+            [StatusCode::ACCEPTED, StatusCode::UNPROCESSABLE_ENTITY].contains(&status),
+            "{comment:?}: {status}"
+        );
+        assert_eq!(
+            status == StatusCode::ACCEPTED,
+            schema.is_valid(&json!(comment)),
+            "{comment:?}: ingest answered {status}, the document's schema disagrees"
+        );
+    }
+    ingest.shutdown().await;
+}
+
 /// The router alone: a token is refused before anything reaches Kafka.
 #[tokio::test]
 async fn tokens_are_checked_401_for_bad_403_for_another_role() {
@@ -745,4 +850,33 @@ async fn ingest_refuses_to_start_with_identity_settings_that_cannot_work() {
         "FEEDBACK_JWT_MAX_TTL_SECS",
     )
     .await;
+}
+
+/// `.` and `..` are path segments no URL client sends as such: a course
+/// named so could never be read back. The contract refuses every id that
+/// does not start with a letter or a digit.
+#[tokio::test]
+async fn a_course_id_that_does_not_start_with_a_letter_or_a_digit_is_422() {
+    let ingest = feedback_tests::ingest::router().await;
+    let url = format!("{}/v1/feedback", ingest.url);
+    for course in [".", "..", "-a", "_a", ":a", ".x"] {
+        let body = json!({"course_id": course, "rating": 4});
+        let request = ingest
+            .client
+            .post(&url)
+            .bearer_auth(student("ivy"))
+            .json(&body);
+        let response = ingest.send(request).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{course}"
+        );
+        let error = error_of(response).await;
+        assert_eq!(
+            (error["code"].as_str(), error["field"].as_str()),
+            (Some("invalid_value"), Some("course_id")),
+            "{course}"
+        );
+    }
 }

@@ -4,4 +4,6 @@
 
 mod api;
 mod connections;
+mod idempotency;
 mod spool;
+mod trace;

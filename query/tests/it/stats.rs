@@ -509,3 +509,46 @@ async fn query_refuses_to_start_with_identity_settings_that_cannot_work() {
     )
     .await;
 }
+
+/// Ingest no longer takes a course id that does not start with a letter or
+/// a digit, but one already in MySQL stays readable: its stats, comments,
+/// CSV and trend. (`.` and `..` themselves are path segments that URL
+/// clients remove, `%2E` spelled or not, so no ordinary client asks for them.)
+#[tokio::test]
+async fn a_course_id_ingest_no_longer_takes_is_still_read() {
+    let query = TestQuery::spawn().await;
+    let seed = query.seed();
+    for course in ["-a", "_a", ":a", ".x"] {
+        seed.stats(course, [0, 0, 0, 1, 0], 1).await;
+        let row = feedback_tests::query::Response::new(
+            "old",
+            4,
+            Some("from before"),
+            "2026-11-01 10:00:00",
+        );
+        seed.responses(course, &[row]).await;
+
+        let stats = query.stats_of(course).await;
+        assert_eq!(
+            (stats["course_id"].as_str(), figures(&stats)),
+            (Some(course), (1, 4, [0, 0, 0, 1, 0]))
+        );
+        let page = query.json(&format!("/v1/courses/{course}/feedback")).await;
+        assert_eq!(page["items"][0]["comment"], "from before", "{course}");
+        let trend = query
+            .json(&format!(
+                "/v1/courses/{course}/trend?from=2026-11-01&to=2026-11-01"
+            ))
+            .await;
+        assert_eq!(trend["points"][0]["count"], 1, "{course}");
+        let csv = query
+            .get(&format!("/v1/courses/{course}/feedback.csv"))
+            .await;
+        assert_eq!(csv.status(), reqwest::StatusCode::OK, "{course}");
+        assert!(
+            csv.text().await.unwrap().contains("from before"),
+            "{course}"
+        );
+    }
+    query.shutdown().await;
+}

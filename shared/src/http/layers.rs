@@ -56,14 +56,21 @@ pub fn with_service_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) 
         ))
 }
 
-/// Each request's span, named by method and path, carrying the request id.
+/// Each request's span, named by method and path, carrying the request id;
+/// exported, it continues the client's trace (`traceparent`).
 fn request_span(request: &axum::extract::Request) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let id = header(crate::trace::REQUEST_ID).unwrap_or("");
+    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
+    if let Some(traceparent) = header(crate::trace::TRACEPARENT) {
+        crate::trace::continue_trace(&span, traceparent);
+    }
+    span
 }
 
 /// The contract's 404 and 405 bodies instead of axum's empty ones: the one
@@ -109,7 +116,7 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// The longest `X-Request-Id` a client may choose.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
+pub use crate::trace::MAX_REQUEST_ID_LEN;
 
 /// Middleware, outside `SetRequestIdLayer`: drops a client's `X-Request-Id`
 /// that is empty, longer than 128 bytes or not visible ASCII, so a fresh one
@@ -119,15 +126,12 @@ async fn sanitize_request_id(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let acceptable = |v: &axum::http::HeaderValue| {
-        let bytes = v.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
-    };
     let headers = request.headers_mut();
     let values = headers.get_all("x-request-id");
-    let keep = values.iter().count() == 1 && values.iter().all(acceptable);
+    let keep = values.iter().count() == 1
+        && values
+            .iter()
+            .all(|v| crate::trace::is_request_id(v.as_bytes()));
     if !keep {
         headers.remove("x-request-id");
     }

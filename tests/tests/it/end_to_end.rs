@@ -274,3 +274,85 @@ async fn submissions_through_every_service_are_counted_once_by_the_rule_and_serv
     query.stop().await;
     aggregator.stop().await;
 }
+
+/// Two ingest replicas behind one address, each with its own spool and
+/// idempotency store: a student's retry that lands on the other replica is
+/// the same submission (one `feedback_id`, one history row), and arriving
+/// after the student's next submission it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_that_lands_on_another_ingest_replica_is_one_history_row_counted_once() {
+    let scenario = feedback_tests::aggregator::Scenario::new().await;
+    let aggregator =
+        start_aggregator(&scenario.topic, &scenario.mysql_url, &scenario.redis_url).await;
+    let a = start_ingest(&scenario.topic, &temp_dir("replica-a")).await;
+    let b = start_ingest(&scenario.topic, &temp_dir("replica-b")).await;
+    let client = reqwest::Client::new();
+
+    let keyed = Post {
+        sub: "e2e-replicas",
+        course: "E2E-R",
+        rating: 5,
+        key: Some("e2e-replica-key"),
+    };
+    let first = post(&client, &a, &keyed).await;
+    let later = Post {
+        rating: 2,
+        key: None,
+        ..keyed
+    };
+    let later = post(&client, &a, &later).await;
+    let retry = post(&client, &b, &keyed).await;
+    assert_eq!(
+        retry["feedback_id"], first["feedback_id"],
+        "{retry} {first}"
+    );
+
+    // The three messages (one course, one partition) committed.
+    eventually(
+        Duration::from_secs(60),
+        "the aggregator to commit the three messages",
+        || async {
+            let committed = feedback_tests::aggregator::committed(&scenario).await?;
+            Ok((committed >= 3).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let pool = mysql_async::Pool::new(scenario.mysql_url.as_str());
+    let mut conn = pool.get_conn().await.unwrap();
+    let mut history: Vec<(String, u8)> = conn
+        .exec(
+            "SELECT feedback_id, rating FROM feedback_events WHERE course_id = ?",
+            ("E2E-R",),
+        )
+        .await
+        .unwrap();
+    history.sort();
+    let id = |answer: &Value| answer["feedback_id"].as_str().unwrap().to_owned();
+    let mut expected = vec![(id(&first), 5), (id(&later), 2)];
+    expected.sort();
+    assert_eq!(
+        history, expected,
+        "one row for the key, one for the later submission"
+    );
+    let current: Option<String> = conn
+        .exec_first(
+            "SELECT feedback_id FROM current_responses WHERE course_id = ?",
+            ("E2E-R",),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        current,
+        Some(id(&later)),
+        "the retry did not bring the 5 back"
+    );
+    let stats = shared::mysql::read_stats(&mut conn, "E2E-R").await.unwrap();
+    assert_eq!((stats.responses, stats.rating_sum), (1, 2));
+    drop(conn);
+    pool.disconnect().await.unwrap();
+
+    a.stop().await;
+    b.stop().await;
+    aggregator.stop().await;
+}

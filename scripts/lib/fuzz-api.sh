@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Fuzzes the HTTP API against schemas/openapi.yaml with Schemathesis: starts
+# ingest, the aggregator and query (debug builds) on free ports with a topic,
+# database and Redis database of their own, runs Schemathesis against each
+# service's operations with a valid token, and fails on any finding: a 5xx,
+# an answer or status the document does not allow, a request that matches
+# the document refused, or one that does not accepted. Settings in
+# scripts/lib/schemathesis.toml. scripts/test.sh runs it; it runs alone too
+# (the stack up: scripts/infra.sh up).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+SCHEMATHESIS_VERSION=4.32.5
+VENV=${XDG_CACHE_HOME:-$HOME/.cache}/feedback/venv
+say() { printf 'fuzz-api: %s\n' "$*"; }
+
+if [[ $("$VENV/bin/schemathesis" --version 2>/dev/null) != "schemathesis, version $SCHEMATHESIS_VERSION" ]]; then
+  say "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  [[ -x $VENV/bin/pip ]] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+say "building ingest, aggregator, query and feedback-bench (debug)"
+cargo build -q --bin ingest --bin aggregator --bin query --bin feedback-bench
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+
+# Fresh resources, named `fbtest…` so that scripts/test.sh's leftovers step
+# removes whatever a killed run left behind.
+run_id=$(od -An -N5 -tx1 /dev/urandom | tr -d ' \n')
+TOPIC=fbtest-schemathesis-$run_id
+DATABASE=fbtest_schemathesis_$run_id
+WORK=${TMPDIR:-/tmp}/feedback-tests/fuzz-api-$run_id
+redis_db=
+
+# Everything started and made is undone on the way out, whatever the way;
+# after a failure the services' logs stay in $WORK and their ends are shown.
+pids=()
+fuzzer=
+cleanup() {
+  local status=$?
+  [[ -z $fuzzer ]] || kill "$fuzzer" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if ((status != 0)); then
+    for service in ingest aggregator query; do
+      [[ -f $WORK/$service.log ]] || continue
+      printf '\n--- the last lines of %s (%s) ---\n' "$service" "$WORK/$service.log"
+      tail -n 30 "$WORK/$service.log"
+    done
+  fi
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS \`$DATABASE\`" || true
+  # The topic and any made after its name (`.dlq`).
+  "$BIN/feedback-bench" delete-topics --prefix "$TOPIC" >/dev/null 2>&1 || true
+  [[ -z $redis_db ]] || redis-cli -h 127.0.0.1 -n "$redis_db" FLUSHDB >/dev/null 2>&1 || true
+  ((status != 0)) || rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$WORK/spool" "$WORK/hypothesis"
+# The tests' own allocator of Redis databases (feedback_tests::fresh_redis_database).
+redis_db=$((1 + $(redis-cli -h 127.0.0.1 -n 255 INCR feedback-tests:next-db) % 200))
+redis-cli -h 127.0.0.1 -n "$redis_db" FLUSHDB >/dev/null
+mariadb -h 127.0.0.1 -u root -e "CREATE DATABASE \`$DATABASE\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+read -r INGEST_PORT AGGREGATOR_PORT QUERY_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+
+export FEEDBACK_JWT_SECRET="fuzz-api-$run_id-a-secret-of-at-least-32-bytes"
+export FEEDBACK_KAFKA_TOPIC=$TOPIC
+export FEEDBACK_CONSUMER_GROUP=$TOPIC
+export FEEDBACK_MYSQL_URL=mysql://root@127.0.0.1:3306/$DATABASE
+export FEEDBACK_REDIS_URL=redis://127.0.0.1:6379/$redis_db
+export FEEDBACK_SPOOL_DIR=$WORK/spool
+export FEEDBACK_INGEST_ADDR=127.0.0.1:$INGEST_PORT
+export FEEDBACK_AGGREGATOR_ADDR=127.0.0.1:$AGGREGATOR_PORT
+export FEEDBACK_QUERY_ADDR=127.0.0.1:$QUERY_PORT
+# The fuzzer sends a few thousand requests as one student.
+export FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN=0 FEEDBACK_RATE_LIMIT_IP_PER_MIN=0
+export RUST_LOG=${RUST_LOG:-info}
+
+say "ingest :$INGEST_PORT, aggregator :$AGGREGATOR_PORT, query :$QUERY_PORT; topic $TOPIC, database $DATABASE, Redis db $redis_db; logs in $WORK"
+for service in ingest aggregator query; do
+  "$BIN/$service" >"$WORK/$service.log" 2>&1 &
+  pids+=($!)
+done
+for port in "$INGEST_PORT" "$AGGREGATOR_PORT" "$QUERY_PORT"; do
+  for ((i = 0; ; i++)); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break
+    ((i < 120)) || { say "nothing ready on :$port after 60 s"; exit 1; }
+    sleep 0.5
+  done
+done
+
+token() { "$BIN/ingest" mint-token --sub "$1" --role "$2" --ttl-hours 1; }
+STUDENT_TOKEN=$(token fuzz-student student)
+ADMIN_TOKEN=$(token fuzz-admin admin)
+
+# A few students' feedback for the document's example course, so query's
+# answers have items, averages and a next page to check, not zeros alone.
+for i in 1 2 3 4 5; do
+  curl -fsS -o /dev/null -X POST "http://127.0.0.1:$INGEST_PORT/v1/feedback" \
+    -H "Authorization: Bearer $(token "fuzz-seed-$i" student)" -H 'Content-Type: application/json' \
+    -d "{\"course_id\": \"CS101\", \"rating\": $i, \"comment\": \"=SUM(A$i) 第$i条 \\\"quoted\\\"\"}"
+done
+
+failed=()
+fuzz() { # NAME URL TOKEN SCHEMATHESIS-FILTERS...
+  local name=$1 url=$2 token=$3
+  shift 3
+  say "schemathesis against $name ($url)"
+  local -a auth=()
+  [[ -z $token ]] || auth=(-H "Authorization: Bearer $token")
+  # In the background, waited for: a signal then stops the run at once
+  # (bash runs a trap only after its foreground command ends).
+  HYPOTHESIS_STORAGE_DIRECTORY=$WORK/hypothesis "$VENV/bin/schemathesis" \
+    --config-file scripts/lib/schemathesis.toml --no-color \
+    run schemas/openapi.yaml --url "$url" "${auth[@]}" "$@" &
+  fuzzer=$!
+  wait "$fuzzer" || failed+=("$name")
+  fuzzer=
+}
+
+started=$SECONDS
+# The stateful phase follows the document's links, and only query's
+# operations have one (a comment page to the next).
+fuzz ingest "http://127.0.0.1:$INGEST_PORT" "$STUDENT_TOKEN" \
+  --include-tag ingest --include-tag probes --phases examples,coverage,fuzzing
+
+# Query reads what the aggregator made of those submissions: wait until it
+# has applied them all (the history stops growing).
+last=-1
+for ((i = 0; i < 60; i++)); do
+  count=$(mariadb -h 127.0.0.1 -u root -N -e "SELECT COUNT(*) FROM \`$DATABASE\`.feedback_events" 2>/dev/null || echo 0)
+  ((count > 0 && count == last)) && break
+  last=$count
+  sleep 1
+done
+say "the aggregator has applied $count submissions"
+
+fuzz query "http://127.0.0.1:$QUERY_PORT" "$ADMIN_TOKEN" --include-tag query --include-tag probes
+fuzz "the aggregator's probes" "http://127.0.0.1:$AGGREGATOR_PORT" "" \
+  --include-tag probes --phases examples,coverage,fuzzing
+say "schemathesis took $((SECONDS - started)) s"
+
+if ((${#failed[@]})); then
+  say "findings against: ${failed[*]} (each above, with a curl line to reproduce it)"
+  exit 1
+fi
+say "no findings"
