@@ -22,6 +22,8 @@
 //!   the Redis hashes in order; a reconciler repairs hashes that lag.
 //! - `worker/advisory.rs`: the offsets, committed to Kafka once a second
 //!   (advisory only).
+//! - `ops/`: an operator's hand tools, subcommands of the binary
+//!   (`aggregator quarantine list|replay|purge`, `aggregator reconcile`).
 //! - `steps.rs` times each step of a batch; `health.rs` serves `/readyz`;
 //!   `config.rs` reads the settings.
 //!
@@ -41,6 +43,7 @@ pub mod consumer;
 pub mod counting;
 pub mod dlq;
 mod health;
+pub mod ops;
 pub mod redis_view;
 pub mod sink;
 mod steps;

@@ -273,25 +273,124 @@ impl RedisView {
             conn.exec(sql, (shared::mysql::datetime(since),)).await?
         };
         let mut repaired = 0;
-        let mut redis = self.redis.clone();
         for (course, stats) in rows.into_iter().map(StatsRow::from_columns) {
-            let cached = shared::redis_hash::read(&mut redis, &course).await;
-            self.mark(cached.is_ok());
-            let lagging = match cached? {
-                Some(hash) => hash.version < stats.version,
-                None => false, // Absent: the next read fills it.
-            };
-            if lagging
-                && self
-                    .scripts
-                    .fill(&mut redis, &course, &stats, self.ttl_secs)
-                    .await?
-            {
+            if self.check(&course, &stats, true).await?.1 {
                 repaired += 1;
                 metrics::counter!(names::AGGREGATOR_REDIS_REPAIRS_TOTAL, "reason" => "reconcile")
                     .increment(1);
             }
         }
         Ok(repaired)
+    }
+
+    /// Compares `course`'s hash with MySQL's `stats` and, with `repair`,
+    /// refills a hash that lags or differs. Returns what it found and
+    /// whether it wrote. The reconcile loop and `aggregator reconcile` both
+    /// judge a hash here.
+    pub async fn check(
+        &self,
+        course: &str,
+        stats: &StatsRow,
+        repair: bool,
+    ) -> anyhow::Result<(Drift, bool)> {
+        let mut redis = self.redis.clone();
+        let cached = shared::redis_hash::read(&mut redis, course).await;
+        self.mark(cached.is_ok());
+        let drift = Drift::of(cached?.as_ref(), stats);
+        if !repair {
+            return Ok((drift, false));
+        }
+        let written = match drift {
+            Drift::InStep | Drift::Absent | Drift::Ahead => false,
+            Drift::Lagging => {
+                self.scripts
+                    .fill(&mut redis, course, stats, self.ttl_secs)
+                    .await?
+            }
+            Drift::Differs => {
+                // The fill leaves a hash at the same version alone: drop it
+                // first (a delta racing in meanwhile finds no hash and
+                // leaves a floor, which refuses this fill: the next read
+                // fills).
+                shared::redis_hash::invalidate(&mut redis, course).await?;
+                self.scripts
+                    .fill(&mut redis, course, stats, self.ttl_secs)
+                    .await?
+            }
+        };
+        Ok((drift, written))
+    }
+}
+
+/// How a course's Redis hash stands against its MySQL row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// The same version and numbers.
+    InStep,
+    /// No hash: the next read fills it, nothing to repair.
+    Absent,
+    /// A newer version than the row read: a commit landed since the read.
+    Ahead,
+    /// An older version: a delta never reached Redis.
+    Lagging,
+    /// The same version with other numbers: only a hand edit or a bug
+    /// makes this, since every write carries MySQL's numbers.
+    Differs,
+}
+
+impl Drift {
+    pub fn of(cached: Option<&StatsRow>, stats: &StatsRow) -> Self {
+        let Some(hash) = cached else {
+            return Self::Absent;
+        };
+        match hash.version.cmp(&stats.version) {
+            std::cmp::Ordering::Greater => Self::Ahead,
+            std::cmp::Ordering::Less => Self::Lagging,
+            // The numbers and the version decide; updated_at only stamps them.
+            std::cmp::Ordering::Equal
+                if (hash.responses, hash.rating_sum, hash.distribution)
+                    == (stats.responses, stats.rating_sum, stats.distribution) =>
+            {
+                Self::InStep
+            }
+            std::cmp::Ordering::Equal => Self::Differs,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InStep => "in_step",
+            Self::Absent => "absent",
+            Self::Ahead => "ahead",
+            Self::Lagging => "lagging",
+            Self::Differs => "differs",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_is_judged_by_its_version_then_its_numbers() {
+        let mysql = StatsRow {
+            responses: 3,
+            rating_sum: 12,
+            distribution: [0, 0, 0, 3, 0],
+            version: 5,
+            updated_at_micros: 1,
+        };
+        let with = |version, responses| StatsRow {
+            version,
+            responses,
+            updated_at_micros: 2,
+            ..mysql.clone()
+        };
+        assert_eq!(Drift::of(None, &mysql), Drift::Absent);
+        assert_eq!(Drift::of(Some(&with(5, 3)), &mysql), Drift::InStep);
+        assert_eq!(Drift::of(Some(&with(5, 999)), &mysql), Drift::Differs);
+        assert_eq!(Drift::of(Some(&with(4, 2)), &mysql), Drift::Lagging);
+        assert_eq!(Drift::of(Some(&with(6, 4)), &mysql), Drift::Ahead);
     }
 }

@@ -17,6 +17,11 @@
 //! answers 503 with `Retry-After`: nothing accepted is dropped. The
 //! idempotency entries live in the same database, reached only through
 //! `spool/idempotency_entries.rs`, so they survive a restart too.
+//!
+//! Records that no longer decode are moved aside, not replayed.
+//! `ingest spool status|verify|export|replay` (`spool_tools.rs`, through
+//! `spool/files.rs`) let an operator look at a stopped ingest's spool, the
+//! moved-aside records included, and replay it by hand.
 
 pub mod client_addr;
 pub mod config;
@@ -27,6 +32,7 @@ pub mod limits;
 pub mod pipeline;
 pub mod record;
 pub mod spool;
+pub mod spool_tools;
 
 use std::future::Future;
 use std::sync::Arc;

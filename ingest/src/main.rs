@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use shared::auth::{JwtKeys, Role};
 
@@ -40,16 +42,20 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
     },
+    /// Look at, check, export or replay the disk spool of a stopped ingest
+    /// (`ingest spool <command> --help` for each).
+    Spool(ingest::spool_tools::SpoolArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let _telemetry = shared::telemetry::init("ingest");
             let config = ingest::Config::from_env()?;
             let app = ingest::Application::build(config).await?;
-            app.run_until(shared::shutdown::signal()).await
+            app.run_until(shared::shutdown::signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::MintToken {
             sub,
@@ -68,7 +74,12 @@ async fn main() -> anyhow::Result<()> {
                 _ => Role::Student,
             };
             println!("{}", keys.mint(&sub, role, ttl_hours * 3600));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+        // An operator's tool: the reason alone, without a backtrace.
+        Command::Spool(args) => Ok(args.run().await.unwrap_or_else(|err| {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        })),
     }
 }

@@ -238,6 +238,32 @@ impl Pipeline {
         Ok(Drained::Some)
     }
 
+    /// Replays the whole spool to Kafka in order (`ingest spool replay
+    /// --apply`, with no service running): batch by batch, each record
+    /// forgotten only once the broker acknowledged it. The first failure
+    /// stops it; what was not delivered stays spooled. `progress` hears how
+    /// many each batch delivered.
+    pub async fn replay_all(&self, mut progress: impl FnMut(u64)) -> anyhow::Result<u64> {
+        let mut replayed = 0;
+        while !self.spool.is_empty() {
+            // Unreadable records are moved aside here, as the drainer does.
+            let batch = self.spool.oldest(self.config.drain_batch)?;
+            let (delivered, failed) = self.send_in_order(&batch).await;
+            self.spool.forget(&delivered)?;
+            replayed += delivered.len() as u64;
+            progress(delivered.len() as u64);
+            if let Some(error) = failed {
+                self.spool.flush().await?;
+                anyhow::bail!(
+                    "Kafka did not take every record ({error}): {replayed} delivered, {} left in the spool",
+                    self.spool.depth()
+                );
+            }
+        }
+        self.spool.flush().await?;
+        Ok(replayed)
+    }
+
     /// Sends `batch` and waits for each acknowledgement: the sequence
     /// numbers delivered, and the first error, if any.
     async fn send_in_order(&self, batch: &[(u64, KafkaRecord)]) -> (Vec<u64>, Option<KafkaError>) {

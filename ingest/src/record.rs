@@ -73,27 +73,49 @@ impl KafkaRecord {
     /// Reads [`KafkaRecord::spool_bytes`] back (either form); `None` when
     /// they are not a record.
     pub fn from_spool_bytes(bytes: &[u8]) -> Option<Self> {
-        let take = |at: usize| -> Option<(String, usize)> {
-            let len = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
-            let text = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?;
-            Some((text.to_owned(), at + 2 + len))
+        Self::decode_spool_bytes(bytes).ok()
+    }
+
+    /// As [`KafkaRecord::from_spool_bytes`], saying why bytes are not a
+    /// record: an operator looking at one moved aside needs more than "no".
+    pub fn decode_spool_bytes(bytes: &[u8]) -> Result<Self, SpoolDecodeError> {
+        let take = |at: usize, field: &'static str| -> Result<(String, usize), SpoolDecodeError> {
+            let len = bytes
+                .get(at..at + 2)
+                .map(|len| u16::from_be_bytes([len[0], len[1]]) as usize)
+                .ok_or(SpoolDecodeError::Truncated { field, at })?;
+            let raw = bytes
+                .get(at + 2..at + 2 + len)
+                .ok_or(SpoolDecodeError::Truncated { field, at })?;
+            let text =
+                std::str::from_utf8(raw).map_err(|_| SpoolDecodeError::NotUtf8 { field, at })?;
+            Ok((text.to_owned(), at + 2 + len))
         };
         let traced = bytes.starts_with(&TRACED);
-        let (key, at) = take(if traced { TRACED.len() } else { 0 })?;
-        let (request_id, at) = take(at)?;
+        let (key, at) = take(if traced { TRACED.len() } else { 0 }, "key")?;
+        let (request_id, at) = take(at, "request id")?;
         let (traceparent, at) = if traced {
-            let (traceparent, at) = take(at)?;
+            let (traceparent, at) = take(at, "traceparent")?;
             (Some(traceparent), at)
         } else {
             (None, at)
         };
-        Some(Self {
+        Ok(Self {
             key,
             request_id,
             traceparent,
             payload: bytes[at..].to_vec(),
         })
     }
+}
+
+/// Why spool bytes are not a [`KafkaRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolDecodeError {
+    #[error("the {field} at byte {at} runs past the end of the record")]
+    Truncated { field: &'static str, at: usize },
+    #[error("the {field} at byte {at} is not UTF-8")]
+    NotUtf8 { field: &'static str, at: usize },
 }
 
 #[cfg(test)]
@@ -128,6 +150,18 @@ mod tests {
         assert_eq!(KafkaRecord::from_spool_bytes(&[0, 9, b'x']), None);
         assert_eq!(KafkaRecord::from_spool_bytes(&[0]), None);
         assert_eq!(KafkaRecord::from_spool_bytes(&[0, 1, 0xff, 0, 0]), None);
+        assert_eq!(
+            KafkaRecord::decode_spool_bytes(&[0, 9, b'x'])
+                .unwrap_err()
+                .to_string(),
+            "the key at byte 0 runs past the end of the record"
+        );
+        assert_eq!(
+            KafkaRecord::decode_spool_bytes(&[0, 1, 0xff, 0, 0])
+                .unwrap_err()
+                .to_string(),
+            "the key at byte 0 is not UTF-8"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! flushes once: group commit, so concurrent requests share one `fsync`.
 //! The spool is bounded in bytes; a full spool refuses, it never drops.
 
+mod files;
 mod idempotency_entries;
 mod writer;
 
@@ -19,10 +20,15 @@ use anyhow::Context;
 use shared::metrics::names;
 use tokio::sync::Notify;
 
+pub use files::SpoolFiles;
 pub use idempotency_entries::{IdempotencyEntries, Snapshot};
 use writer::{Write, Writer};
 
 use crate::record::KafkaRecord;
+
+/// Where the records whose bytes do not decode are moved aside, in the
+/// spool's database; nothing but the `ingest spool` tools reads it.
+const UNREADABLE_TREE: &str = "spool-unreadable";
 
 /// Why a write was not taken.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -160,7 +166,7 @@ impl Spool {
         metrics::counter!(names::INGEST_SPOOL_UNREADABLE_TOTAL).increment(1);
         self.disk
             .db
-            .open_tree("spool-unreadable")?
+            .open_tree(UNREADABLE_TREE)?
             .insert(key, value)?;
         self.forget(&[seq_of(key)])
     }

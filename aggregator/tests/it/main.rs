@@ -5,6 +5,7 @@
 
 mod exactly_once;
 mod faults;
+mod ops;
 mod quarantine;
 mod trace;
 

@@ -6,4 +6,5 @@ mod api;
 mod connections;
 mod idempotency;
 mod spool;
+mod spool_tools;
 mod trace;
