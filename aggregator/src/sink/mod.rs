@@ -60,6 +60,9 @@ pub struct Received {
     pub partition: i32,
     pub offset: i64,
     pub event: FeedbackSubmitted,
+    /// The request that brought it (`x-request-id`, `traceparent` from the
+    /// record's headers): for its log line, its span and a quarantine row.
+    pub trace: shared::trace::TraceContext,
 }
 
 /// What one committed batch did.

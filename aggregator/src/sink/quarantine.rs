@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Pool, TxOpts, Value};
 use shared::mysql::datetime;
-use shared::trace::TraceContext;
 
 use super::{connect, offsets, Received, Refusal, Resume, SinkError};
 
@@ -23,8 +22,6 @@ pub struct Quarantined<'a> {
     pub received: &'a Received,
     /// The message's value as read.
     pub payload: &'a [u8],
-    /// The request that brought it (the message's headers).
-    pub trace: TraceContext,
     /// Why MySQL refused it.
     pub refusal: &'a Refusal,
 }
@@ -70,12 +67,12 @@ async fn write(
             Value::from(refusal.code()),
             Value::from(refusal.reason),
             Value::from(crate::dlq::reason(&refusal.message())),
-            entry
+            received
                 .trace
                 .request_id
                 .as_deref()
                 .map_or(Value::NULL, Value::from),
-            entry
+            received
                 .trace
                 .traceparent
                 .as_deref()

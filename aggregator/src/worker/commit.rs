@@ -23,7 +23,6 @@ use backon::{BackoffBuilder, ExponentialBackoff};
 use rdkafka::message::{Message, OwnedMessage};
 use shared::metrics::names;
 use shared::shutdown::Stop;
-use shared::trace::TraceContext;
 
 use super::Worker;
 use crate::sink::{self, Committed, Quarantined, Received, Refusal, SinkError};
@@ -153,7 +152,6 @@ async fn set_aside(
     let entry = Quarantined {
         received: event,
         payload: &payload,
-        trace: TraceContext::from_kafka(message.and_then(Message::headers)),
         refusal,
     };
     let topic = &worker.config.topic;
@@ -179,8 +177,8 @@ async fn set_aside(
             reason = refusal.reason,
             code = refusal.code(),
             error = %refusal.message(),
-            request_id = entry.trace.request_id.as_deref(),
-            traceparent = entry.trace.traceparent.as_deref(),
+            request_id = entry.received.trace.request_id.as_deref(),
+            traceparent = entry.received.trace.traceparent.as_deref(),
             "MySQL refused an event for good: quarantined, not counted"
         );
     }
@@ -284,6 +282,7 @@ mod tests {
             partition,
             offset,
             event,
+            trace: Default::default(),
         }
     }
 

@@ -152,8 +152,6 @@ struct Chunk {
     /// Messages read, poison included.
     messages: usize,
     events: Vec<Received>,
-    /// Each event's trace (`shared::trace`), by the same index, for its log line.
-    traces: Vec<TraceContext>,
     /// The last offset read per partition (poison included, so it is not read again).
     consumed: BTreeMap<i32, i64>,
 }
@@ -167,7 +165,6 @@ async fn decode(worker: &Worker, batch: &[OwnedMessage], stop: &Stop) -> Option<
     let mut chunk = Chunk {
         messages: batch.len(),
         events: Vec::with_capacity(batch.len()),
-        traces: Vec::with_capacity(batch.len()),
         consumed: BTreeMap::new(),
     };
     let mut poison = Vec::new();
@@ -184,10 +181,8 @@ async fn decode(worker: &Worker, batch: &[OwnedMessage], stop: &Stop) -> Option<
                     partition: message.partition(),
                     offset: message.offset(),
                     event,
+                    trace: TraceContext::from_kafka(message.headers()),
                 });
-                chunk
-                    .traces
-                    .push(TraceContext::from_kafka(message.headers()));
             }
             Err(err) => poison.push(Poison {
                 partition: message.partition(),
@@ -265,9 +260,11 @@ fn event_spans(lane: usize, chunk: &Chunk) -> Vec<tracing::Span> {
     if !shared::telemetry::exporting() {
         return Vec::new();
     }
-    let traced = chunk.events.iter().zip(&chunk.traces);
-    traced
-        .filter_map(|(received, trace)| {
+    chunk
+        .events
+        .iter()
+        .filter_map(|received| {
+            let trace = &received.trace;
             let traceparent = trace.traceparent.as_deref()?;
             let span = tracing::info_span!(
                 target: EVENTS,
@@ -296,7 +293,8 @@ fn log_events(lane: usize, chunk: &Chunk) {
     if !tracing::enabled!(target: EVENTS, tracing::Level::DEBUG) {
         return;
     }
-    for (received, trace) in chunk.events.iter().zip(&chunk.traces) {
+    for received in &chunk.events {
+        let trace = &received.trace;
         tracing::debug!(
             target: EVENTS,
             lane,

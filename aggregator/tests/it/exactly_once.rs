@@ -171,6 +171,7 @@ fn batch_on(
             partition,
             offset: offset + i as i64,
             event: event.clone(),
+            trace: Default::default(),
         })
         .collect();
     let last = offset + events.len() as i64 - 1;

@@ -26,7 +26,8 @@ fn spawn_ingest(port: u16, brokers: &str, topic: &str, spool: &std::path::Path) 
         .expect("starting the ingest binary")
 }
 
-async fn wait_healthy(client: &reqwest::Client, port: u16) {
+/// Waits until the ingest binary on `port` answers `/healthz`.
+pub(crate) async fn wait_healthy(client: &reqwest::Client, port: u16) {
     feedback_tests::eventually(Duration::from_secs(20), "ingest to serve", || async {
         Ok(client
             .get(format!("http://127.0.0.1:{port}/healthz"))

@@ -140,16 +140,7 @@ async fn with_an_otlp_endpoint_set_the_request_span_is_exported_in_the_clients_t
         .expect("starting the ingest binary");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
-    feedback_tests::eventually(Duration::from_secs(20), "ingest to serve", || async {
-        Ok(client
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    crate::spool::wait_healthy(&client, port).await;
     let response = client
         .post(format!("{url}/v1/feedback"))
         .bearer_auth(student("otel-1"))

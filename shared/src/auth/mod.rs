@@ -211,7 +211,7 @@ struct Inner {
 }
 
 enum Verifier {
-    SharedSecret(JwtKeys),
+    SharedSecret(Box<JwtKeys>),
     Provider(Arc<oidc::Provider>),
 }
 
@@ -221,7 +221,7 @@ impl Authenticator {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let (verifier, client_id) = match &settings.mode {
             Mode::SharedSecret { secret } => (
-                Verifier::SharedSecret(JwtKeys::new(secret.as_bytes())?),
+                Verifier::SharedSecret(Box::new(JwtKeys::new(secret.as_bytes())?)),
                 None,
             ),
             Mode::IdentityProvider {
@@ -295,7 +295,7 @@ impl Authenticator {
                 jsonwebtoken::decode::<claims::TokenClaims>(
                     token,
                     keys.decoding(),
-                    &JwtKeys::validation(),
+                    keys.validation(),
                 )
             }
             Verifier::Provider(provider) => {
@@ -307,7 +307,7 @@ impl Authenticator {
                 jsonwebtoken::decode::<claims::TokenClaims>(
                     token,
                     &key,
-                    &provider.validation(header.alg),
+                    provider.validation(header.alg),
                 )
             }
         }

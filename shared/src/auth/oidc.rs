@@ -60,6 +60,15 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// What a token signed with `alg` must carry from this issuer for this audience.
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = super::base_validation(alg);
+    validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation
+}
+
 /// A key from the provider, with the one algorithm it may verify.
 struct Key {
     alg: Algorithm,
@@ -94,7 +103,10 @@ impl Cause {
 
 pub struct Provider {
     issuer: String,
-    audience: String,
+    /// The rules besides the signature, one per algorithm, made once: a
+    /// request only borrows them.
+    rs256: Validation,
+    es256: Validation,
     discovery_url: reqwest::Url,
     /// `FEEDBACK_OIDC_CA_FILE`: more authorities to trust for the provider.
     ca_file: Option<PathBuf>,
@@ -134,7 +146,8 @@ impl Provider {
         ))?;
         let provider = Arc::new(Self {
             issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
+            rs256: validation(Algorithm::RS256, issuer, audience),
+            es256: validation(Algorithm::ES256, issuer, audience),
             discovery_url,
             ca_file,
             keys: RwLock::new(Arc::default()),
@@ -152,13 +165,13 @@ impl Provider {
         &self.issuer
     }
 
-    /// The rules a token from this provider must pass, besides its signature.
-    pub(super) fn validation(&self, alg: Algorithm) -> Validation {
-        let mut validation = super::base_validation(alg);
-        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation
+    /// The rules a token from this provider must pass, besides its
+    /// signature; `alg` is RS256 or ES256 (the caller refused the others).
+    pub(super) fn validation(&self, alg: Algorithm) -> &Validation {
+        match alg {
+            Algorithm::ES256 => &self.es256,
+            _ => &self.rs256,
+        }
     }
 
     /// The key `kid` names, for a token signed with `alg`. A `kid` not held

@@ -13,6 +13,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct JwtKeys {
     decoding: DecodingKey,
     encoding: EncodingKey,
+    validation: Validation,
 }
 
 impl JwtKeys {
@@ -24,6 +25,7 @@ impl JwtKeys {
         Ok(Self {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
+            validation: Self::make_validation(),
         })
     }
 
@@ -34,10 +36,14 @@ impl JwtKeys {
     /// HS256 only. The contract names no audience in this mode: a token that
     /// carries one (an identity provider's, say) is judged on the claims it
     /// does name.
-    pub(super) fn validation() -> Validation {
+    fn make_validation() -> Validation {
         let mut validation = super::base_validation(Algorithm::HS256);
         validation.validate_aud = false;
         validation
+    }
+
+    pub(super) fn validation(&self) -> &Validation {
+        &self.validation
     }
 
     /// Signs a token for `sub` with `role`, valid for `ttl_secs`.

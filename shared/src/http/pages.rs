@@ -5,6 +5,7 @@
 //! only: no inline script or style, no outside resource, no framing. A
 //! comment that smuggled markup into the page could do nothing.
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 
@@ -18,7 +19,8 @@ const PLACEHOLDER: &str = "{{FEEDBACK_AUTH}}";
 /// A page ready to serve: its HTML with the auth settings in, and its policy.
 #[derive(Clone)]
 pub struct Page {
-    html: String,
+    /// Filled once; each answer shares it rather than copying it.
+    html: Bytes,
     csp: HeaderValue,
 }
 
@@ -37,7 +39,7 @@ impl Page {
              connect-src {connect}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
         );
         Self {
-            html,
+            html: Bytes::from(html),
             csp: HeaderValue::from_str(&csp).expect("an origin is visible ASCII"),
         }
     }
@@ -108,7 +110,7 @@ mod tests {
             &auth,
         );
         assert_eq!(
-            page.html,
+            std::str::from_utf8(&page.html).unwrap(),
             r#"<meta name="feedback-auth" content="{&quot;mode&quot;:&quot;secret&quot;}">"#
         );
         let csp = page.csp.to_str().unwrap();
