@@ -16,6 +16,12 @@
 //! over: its stored event (same `feedback_id`) is submitted again, which the
 //! aggregator dedupes. A request whose submission derives another id than
 //! the entry's used the key for other content: 422 `idempotency_key_reused`.
+//!
+//! While the spool's store is failed (a disk fault) a keyed request is
+//! delivered to Kafka without an entry ([`Claim::Unguarded`]): the contract
+//! allows a 503 only when neither Kafka nor the spool can take a submission.
+//! A retry of it still has its id, so it is counted once; what is lost for
+//! that while is the replayed answer and the 422 for a key reused.
 
 use std::time::Duration;
 
@@ -28,7 +34,7 @@ use shared::metrics::names;
 use crate::feedback::{Answer, Submission};
 use crate::pipeline::Outcome;
 use crate::record::KafkaRecord;
-use crate::spool::IdempotencyEntries;
+use crate::spool::{IdempotencyEntries, SpoolError};
 
 /// The longest accepted key.
 pub const MAX_KEY_LEN: usize = 128;
@@ -108,7 +114,7 @@ impl Entry {
 
 /// An answer found under a key before the request's body was read: given
 /// again only once the body is a valid submission, and the same one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Answered(Entry);
 
 impl Answered {
@@ -159,6 +165,11 @@ pub enum Claim {
     },
     /// Answered before: answer the same again.
     Replay(Answer),
+    /// The store cannot be used: submit this record without an entry.
+    Unguarded {
+        record: KafkaRecord,
+        feedback_id: String,
+    },
 }
 
 /// What a request does about the entry it found under its key.
@@ -225,16 +236,19 @@ impl Idempotency {
     /// The answer already given to `student`'s `key` within the time kept,
     /// if any: a retry is not counted by the rate limits, and gets it once
     /// its body is read and checked ([`Answered::replay`]).
-    pub fn answered(&self, student: &StudentKey, key: &str) -> Result<Option<Answered>, ApiError> {
-        let read = self
-            .entries
-            .get(&EntryKey::new(student, key))
-            .map_err(store_failed)?;
-        Ok(read
-            .entry()
+    /// With the store failed, none: the request goes on as a new one.
+    pub async fn answered(&self, student: &StudentKey, key: &str) -> Option<Answered> {
+        let read = match self.entries.get(&EntryKey::new(student, key)).await {
+            Ok(read) => read,
+            Err(err) => {
+                store_failed(&err);
+                return None;
+            }
+        };
+        read.entry()
             .filter(|entry| self.is_live(entry) && entry.status.is_some())
             .cloned()
-            .map(Answered))
+            .map(Answered)
     }
 
     /// Reserves `key` for `record`, whose `feedback_id` was derived from its
@@ -257,7 +271,16 @@ impl Idempotency {
             keyed: true,
         };
         loop {
-            let read = self.entries.get(&key).map_err(store_failed)?;
+            let read = match self.entries.get(&key).await {
+                Ok(read) => read,
+                Err(err) => {
+                    store_failed(&err);
+                    return Ok(Claim::Unguarded {
+                        record,
+                        feedback_id: mine.feedback_id,
+                    });
+                }
+            };
             let (entry, record) = match self.step(read.entry(), &mine.feedback_id) {
                 Step::Replay(answer) => {
                     metrics::counter!(names::INGEST_IDEMPOTENT_REPLAYS_TOTAL).increment(1);
@@ -272,8 +295,17 @@ impl Idempotency {
                 Step::Reserve => (mine.clone(), record.clone()),
                 Step::TakeOver(orphan, its_record) => (*orphan, its_record),
             };
-            let reserved = self.entries.swap(&key, &read, &entry);
-            if reserved.map_err(store_failed)? {
+            let reserved = match self.entries.swap(&key, read, &entry).await {
+                Ok(reserved) => reserved,
+                Err(err) => {
+                    store_failed(&err);
+                    return Ok(Claim::Unguarded {
+                        record,
+                        feedback_id: mine.feedback_id,
+                    });
+                }
+            };
+            if reserved {
                 return Ok(Claim::Submit {
                     key: Reserved {
                         key,
@@ -331,17 +363,18 @@ impl Idempotency {
     }
 
     /// Frees a reserved key after a failed submission, so a retry can try again.
-    pub fn release(&self, reserved: &Reserved) {
-        if let Err(err) = self.entries.remove(&reserved.key) {
+    pub async fn release(&self, reserved: &Reserved) {
+        if let Err(err) = self.entries.remove(&reserved.key).await {
             tracing::error!(%err, "could not release an idempotency key");
         }
     }
 
     /// Removes expired entries (and unreadable ones); returns how many.
-    pub fn prune(&self) -> usize {
+    pub async fn prune(&self) -> Result<usize, SpoolError> {
         let cutoff = now() - self.ttl.as_secs() as i64;
         self.entries
-            .remove_where(|entry| entry.is_none_or(|entry| entry.created_at < cutoff))
+            .remove_where(move |entry| entry.is_none_or(|entry| entry.created_at < cutoff))
+            .await
     }
 
     /// Prunes on a timer for as long as the process runs.
@@ -352,11 +385,10 @@ impl Idempotency {
             loop {
                 tick.tick().await;
                 let Some(this) = this.upgrade() else { break };
-                let removed = tokio::task::spawn_blocking(move || this.prune())
-                    .await
-                    .unwrap_or(0);
-                if removed > 0 {
-                    tracing::info!(removed, "expired idempotency keys pruned");
+                match this.prune().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "expired idempotency keys pruned"),
+                    Err(err) => tracing::warn!(%err, "pruning idempotency keys failed"),
                 }
             }
         });
@@ -383,14 +415,10 @@ fn in_use() -> ApiError {
     .with_header(axum::http::header::RETRY_AFTER, 1)
 }
 
-/// The spool's database failing (a disk fault): the contract's 503, never a 500.
-fn store_failed(err: sled::Error) -> ApiError {
-    tracing::error!(%err, "the idempotency store failed");
-    ApiError::unavailable(
-        "unavailable",
-        "feedback cannot be taken right now; please retry shortly",
-        5,
-    )
+/// The spool's store failing (a disk fault): the request goes on without an
+/// entry, as far as Kafka takes it.
+fn store_failed(err: &SpoolError) {
+    tracing::warn!(%err, "the idempotency store cannot be used: going on without an entry");
 }
 
 fn now() -> i64 {
@@ -491,11 +519,11 @@ mod tests {
             "never replayed blindly"
         );
         // Found before the body is read, the answer goes to the same submission only.
-        let found = || second.answered(&student, "k1").unwrap().unwrap();
+        let found = second.answered(&student, "k1").await.unwrap();
         let same = FeedbackId::parse(&id(1)).unwrap();
-        assert_eq!(found().replay(&same).unwrap(), answer);
+        assert_eq!(found.clone().replay(&same).unwrap(), answer);
         let other = FeedbackId::parse(&id(6)).unwrap();
-        assert_eq!(found().replay(&other).err().map(code), Some(REUSED));
+        assert_eq!(found.replay(&other).err().map(code), Some(REUSED));
         // Another student's same key is a different key.
         let bob = StudentKey::derive(b"k", "bob");
         assert!(matches!(
@@ -533,7 +561,7 @@ mod tests {
         idem.finish(key, &answer).await;
         // Its answer keeps saying so: a retry deriving its own id gets it.
         let retry = FeedbackId::parse(&id(2)).unwrap();
-        let found = idem.answered(&student, "k1").unwrap().unwrap();
+        let found = idem.answered(&student, "k1").await.unwrap();
         assert_eq!(found.replay(&retry).unwrap(), answer);
     }
 
@@ -561,7 +589,7 @@ mod tests {
             Claim::Submit { .. }
         ));
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(idem.prune(), 1);
+        assert_eq!(idem.prune().await.unwrap(), 1);
     }
 
     #[test]

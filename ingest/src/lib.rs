@@ -153,7 +153,20 @@ impl Application {
 
         let stop = Stop::new();
         let drainer = tokio::spawn(pipeline.clone().drain(stop.wait()));
-        let server = shared::http::serve(listener, router(state), stop.trigger_on(shutdown));
+        // A store that cannot be opened again stops ingest as a signal
+        // would, and the exit code tells the supervisor to restart it.
+        let store = pipeline.spool.health().clone();
+        let gave_up = Arc::new(std::sync::OnceLock::new());
+        let stopping = {
+            let gave_up = gave_up.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    reason = store.gave_up() => { let _ = gave_up.set(reason); }
+                }
+            }
+        };
+        let server = shared::http::serve(listener, router(state), stop.trigger_on(stopping));
         tokio::select! {
             result = server => result?,
             _ = async { stop.wait().await; tokio::time::sleep(Duration::from_secs(6)).await } => {
@@ -162,6 +175,9 @@ impl Application {
         }
         let _ = drainer.await;
         pipeline.close(Duration::from_secs(2)).await;
+        if let Some(reason) = gave_up.get() {
+            anyhow::bail!("{reason}: stopping for the supervisor to restart ingest");
+        }
         tracing::info!("ingest stopped");
         Ok(())
     }
@@ -234,6 +250,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let breaker = pipeline.breaker.state();
     let spool = &pipeline.spool;
     let ready = pipeline.breaker.is_closed() || spool.has_capacity();
+    let store = spool.health();
+    let failure = store.last_failure();
     shared::http::readiness(
         ready,
         serde_json::json!({
@@ -242,7 +260,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "depth": spool.depth(),
                 "bytes": spool.bytes(),
                 "max_bytes": spool.max_bytes(),
+                "entry_bytes": spool.entry_bytes(),
+                "disk_bytes": spool.disk_bytes(),
                 "has_capacity": spool.has_capacity(),
+                "store": {
+                    "up": store.is_up(),
+                    "stalled": store.is_stalled(),
+                    "reopens": store.reopens(),
+                    "last_error": failure.as_ref().map(|(error, _)| error),
+                    "last_error_at": failure.and_then(|(_, at)| at.format(&time::format_description::well_known::Rfc3339).ok()),
+                },
             },
             // Shown, not required: held keys keep working while the
             // provider is down, and a replica taken out for it would only

@@ -216,15 +216,16 @@ impl Pipeline {
         // a failed one says why in the log.
         let probing = self.breaker.state() == shared::breaker::State::HalfOpen;
         let limit = if probing { 1 } else { self.config.drain_batch };
-        let batch = self.spool.oldest(limit)?;
+        let batch = self.spool.oldest(limit).await?;
         let (delivered, failed) = self.send_in_order(&batch).await;
-        self.spool.forget(&delivered)?;
-        metrics::counter!(names::INGEST_SPOOL_REPLAYED_TOTAL).increment(delivered.len() as u64);
+        let count = delivered.len();
+        self.spool.forget(delivered).await?;
+        metrics::counter!(names::INGEST_SPOOL_REPLAYED_TOTAL).increment(count as u64);
         if let Some(error) = failed {
             if probing {
                 tracing::info!(%error, left = self.spool.depth(), "Kafka probe (the oldest spooled record) failed: the spool waits");
             } else {
-                tracing::warn!(%error, delivered = delivered.len(), left = self.spool.depth(), "spool replay interrupted");
+                tracing::warn!(%error, delivered = count, left = self.spool.depth(), "spool replay interrupted");
             }
             self.breaker.record_failure();
             return Ok(Drained::Waiting(
@@ -247,11 +248,12 @@ impl Pipeline {
         let mut replayed = 0;
         while !self.spool.is_empty() {
             // Unreadable records are moved aside here, as the drainer does.
-            let batch = self.spool.oldest(self.config.drain_batch)?;
+            let batch = self.spool.oldest(self.config.drain_batch).await?;
             let (delivered, failed) = self.send_in_order(&batch).await;
-            self.spool.forget(&delivered)?;
-            replayed += delivered.len() as u64;
-            progress(delivered.len() as u64);
+            let count = delivered.len() as u64;
+            self.spool.forget(delivered).await?;
+            replayed += count;
+            progress(count);
             if let Some(error) = failed {
                 self.spool.flush().await?;
                 anyhow::bail!(
@@ -442,7 +444,7 @@ mod tests {
             4,
             "the probe sent the oldest record alone"
         );
-        assert_eq!(pipeline.spool.oldest(1).unwrap()[0].1, record(1));
+        assert_eq!(pipeline.spool.oldest(1).await.unwrap()[0].1, record(1));
         assert!(
             pipeline.breaker.is_closed(),
             "its delivery closed the breaker"

@@ -2,14 +2,15 @@
 //! order they were accepted, and (in the same database, so one sync covers
 //! both) the idempotency entries, typed in `spool/idempotency_entries.rs`.
 //!
-//! Writes that must be durable before a request is answered go through one
-//! writer task (`spool/writer.rs`) that applies every queued write and then
-//! flushes once: group commit, so concurrent requests share one `fsync`.
-//! The spool is bounded in bytes; a full spool refuses, it never drops.
+//! Every call on sled goes through the store's own thread (`spool/store.rs`),
+//! which shares one flush among concurrent durable writes (group commit),
+//! gives each caller a deadline, and opens the database again after a disk
+//! error. The spool is bounded in bytes on disk; a full spool refuses, it
+//! never drops.
 
 mod files;
 mod idempotency_entries;
-mod writer;
+mod store;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,13 +23,20 @@ use tokio::sync::Notify;
 
 pub use files::SpoolFiles;
 pub use idempotency_entries::{IdempotencyEntries, Snapshot};
-use writer::{Write, Writer};
+pub use store::Health;
+use store::{Disk, Store};
 
 use crate::record::KafkaRecord;
 
 /// Where the records whose bytes do not decode are moved aside, in the
 /// spool's database; nothing but the `ingest spool` tools reads it.
 const UNREADABLE_TREE: &str = "spool-unreadable";
+
+/// What sled writes to disk for each byte it holds, at most: its log keeps a
+/// value's old versions until it cleans their segment, and a drained spool's
+/// file keeps its size for reuse (docs/spool.md). The cap on disk is kept
+/// by holding live bytes to this fraction of it.
+const DISK_PER_LIVE_BYTE: u64 = 3;
 
 /// Why a write was not taken.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,11 +46,17 @@ pub enum SpoolError {
     /// Shared, as one failed sync fails every write it was to make durable.
     #[error("the spool failed: {0}")]
     Disk(#[source] Arc<sled::Error>),
-    /// The writer task is gone, so nothing more can be made durable.
+    /// The store failed earlier and is not open again yet.
+    #[error("the spool failed: its store is being reopened after a disk error")]
+    Unavailable,
+    /// The store did not answer within its deadline: the disk hangs.
+    #[error("the spool failed: its store did not answer in time")]
+    Stalled,
+    /// The store's thread is gone, so nothing more can be made durable.
     #[error("the spool failed: the store is closed")]
     Closed,
-    /// The writer task ended before it answered.
-    #[error("the spool failed: the store writer stopped")]
+    /// The store's thread ended before it answered.
+    #[error("the spool failed: the store stopped")]
     WriterStopped,
 }
 
@@ -55,36 +69,25 @@ impl From<sled::Error> for SpoolError {
 /// The spool and the idempotency entries on disk.
 #[derive(Clone)]
 pub struct Spool {
-    /// Read directly: the drainer and `/readyz` need not queue behind writes.
-    disk: Disk,
-    /// The way in for durable writes; the writer stops when the last is dropped.
-    writer: Writer,
+    store: Store,
+    /// Read without the store: the pipeline, `/readyz` and the gauges.
+    counters: Arc<Counters>,
     /// Woken when the spool gets a record, so the drainer need not poll.
     pub spooled: Arc<Notify>,
 }
 
-/// What the writer task holds: everything but the write queue's sender, so
-/// the task ends (and releases sled's lock) when the last `Spool` is dropped.
-#[derive(Clone)]
-struct Disk {
-    /// Flushed once per group commit; also holds the unreadable records moved aside.
-    db: sled::Db,
-    /// The records, under big-endian sequence numbers.
-    spool: sled::Tree,
-    /// The idempotency entries, reached through [`IdempotencyEntries`].
-    idempotency: sled::Tree,
-    /// Shared by every handle and the writer task.
-    counters: Arc<Counters>,
-}
-
-struct Counters {
+pub(crate) struct Counters {
     /// The next spool sequence number: keys are big-endian, so sled's order is FIFO.
     next_seq: AtomicU64,
     /// Records in the spool, for `/readyz` and the gauges without a scan.
     depth: AtomicU64,
-    /// Their encoded size, checked against `max_bytes` on every append.
+    /// Their encoded size.
     bytes: AtomicU64,
-    /// The bound: past it an append is refused, never a record dropped.
+    /// The idempotency entries' size, keys included.
+    entry_bytes: AtomicU64,
+    /// sled's files as last measured.
+    disk_bytes: AtomicU64,
+    /// The bound on disk: past it an append is refused, never a record dropped.
     max_bytes: u64,
     /// Set when an append was refused for want of room; cleared when records leave.
     full: AtomicBool,
@@ -114,13 +117,21 @@ impl Spool {
         }
     }
 
-    /// Opens (or creates) the spool in `dir` and starts its writer.
+    /// Opens (or creates) the spool in `dir` and starts its store's thread.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
-        let disk = Disk::open(dir, max_bytes)?;
-        disk.publish();
-        let depth = disk.counters.depth.load(Ordering::Acquire);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let disk = Disk::open(dir).with_context(|| {
+            format!(
+                "opening the spool in {} (is another ingest using it?)",
+                dir.display()
+            )
+        })?;
+        let counters = Arc::new(Counters::new(max_bytes));
+        counters.reset(&disk)?;
+        counters.publish();
+        let depth = counters.depth.load(Ordering::Acquire);
         if depth > 0 {
-            let bytes = disk.counters.bytes.load(Ordering::Acquire);
+            let bytes = counters.bytes.load(Ordering::Acquire);
             tracing::info!(
                 depth,
                 bytes,
@@ -128,169 +139,208 @@ impl Spool {
             );
         }
         let spooled = Arc::new(Notify::new());
-        let writer = Writer::start(disk.clone(), spooled.clone());
+        let store = Store::start(dir.to_owned(), disk, counters.clone(), spooled.clone())
+            .context("starting the spool's store thread")?;
         Ok(Self {
-            disk,
-            writer,
+            store,
+            counters,
             spooled,
         })
     }
 
     /// Appends `record` to the spool; returns once it is on disk.
     pub async fn append(&self, record: KafkaRecord) -> Result<(), SpoolError> {
-        self.writer.write(Write::Append(record)).await
+        let counters = self.counters.clone();
+        self.store
+            .durable(move |disk| counters.append(disk, record))
+            .await
     }
 
-    /// The idempotency entries, which share this spool's disk and writer.
+    /// The idempotency entries, which share this spool's disk and store.
     pub fn idempotency_entries(&self) -> IdempotencyEntries {
-        IdempotencyEntries::new(self.disk.idempotency.clone(), self.writer.clone())
+        IdempotencyEntries::new(self.store.clone(), self.counters.clone())
     }
 
-    /// The oldest `limit` spooled records, in order, with their sequence numbers.
-    pub fn oldest(&self, limit: usize) -> Result<Vec<(u64, KafkaRecord)>, sled::Error> {
-        let mut out = Vec::with_capacity(limit);
-        for entry in self.disk.spool.iter().take(limit) {
-            let (key, value) = entry?;
-            match KafkaRecord::from_spool_bytes(&value) {
-                Some(record) => out.push((seq_of(&key), record)),
-                None => self.move_aside(&key, value)?,
-            }
-        }
-        Ok(out)
-    }
-
-    /// Written by this code, so an unreadable record means disk corruption:
-    /// keep it out of the way.
-    fn move_aside(&self, key: &[u8], value: sled::IVec) -> Result<(), sled::Error> {
-        tracing::error!(seq = seq_of(key), "unreadable spool record moved aside");
-        metrics::counter!(names::INGEST_SPOOL_UNREADABLE_TOTAL).increment(1);
-        self.disk
-            .db
-            .open_tree(UNREADABLE_TREE)?
-            .insert(key, value)?;
-        self.forget(&[seq_of(key)])
+    /// The oldest `limit` spooled records, in order, with their sequence
+    /// numbers. Written by this code, so a record that does not decode means
+    /// disk corruption: it is moved out of the way.
+    pub async fn oldest(&self, limit: usize) -> Result<Vec<(u64, KafkaRecord)>, SpoolError> {
+        let counters = self.counters.clone();
+        self.store
+            .call(move |disk| {
+                let mut out = Vec::with_capacity(limit);
+                for entry in disk.spool.iter().take(limit) {
+                    let (key, value) = entry?;
+                    match KafkaRecord::from_spool_bytes(&value) {
+                        Some(record) => out.push((seq_of(&key), record)),
+                        None => {
+                            tracing::error!(
+                                seq = seq_of(&key),
+                                "unreadable spool record moved aside"
+                            );
+                            metrics::counter!(names::INGEST_SPOOL_UNREADABLE_TOTAL).increment(1);
+                            disk.db.open_tree(UNREADABLE_TREE)?.insert(&key, value)?;
+                            counters.forget(disk, &[seq_of(&key)])?;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Removes delivered records from the spool.
-    pub fn forget(&self, seqs: &[u64]) -> Result<(), sled::Error> {
-        let counters = &self.disk.counters;
-        for seq in seqs {
-            if let Some(old) = self.disk.spool.remove(seq.to_be_bytes())? {
-                counters.depth.fetch_sub(1, Ordering::AcqRel);
-                counters.bytes.fetch_sub(old.len() as u64, Ordering::AcqRel);
-                counters.full.store(false, Ordering::Release);
-            }
-        }
-        self.disk.publish();
-        Ok(())
+    pub async fn forget(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        let counters = self.counters.clone();
+        self.store
+            .call(move |disk| counters.forget(disk, &seqs))
+            .await
     }
 
     pub fn depth(&self) -> u64 {
-        self.disk.counters.depth.load(Ordering::Acquire)
+        self.counters.depth.load(Ordering::Acquire)
     }
 
     pub fn bytes(&self) -> u64 {
-        self.disk.counters.bytes.load(Ordering::Acquire)
+        self.counters.bytes.load(Ordering::Acquire)
+    }
+
+    /// The idempotency entries' bytes, which count against the cap too.
+    pub fn entry_bytes(&self) -> u64 {
+        self.counters.entry_bytes.load(Ordering::Acquire)
+    }
+
+    /// sled's files on disk, as last measured.
+    pub fn disk_bytes(&self) -> u64 {
+        self.counters.disk_bytes.load(Ordering::Acquire)
     }
 
     pub fn max_bytes(&self) -> u64 {
-        self.disk.counters.max_bytes
+        self.counters.max_bytes
     }
 
     pub fn is_empty(&self) -> bool {
         self.depth() == 0
     }
 
-    /// Whether the spool can take more: false once an append was refused for
-    /// want of room, until records drain. Read by `/readyz` without waiting.
+    /// The store's state: up, failed, stalled; reopens.
+    pub fn health(&self) -> &Arc<Health> {
+        self.store.health()
+    }
+
+    /// Whether the spool can take more: the store is up, and no append was
+    /// refused for want of room since records last drained. Read by
+    /// `/readyz` without waiting.
     pub fn has_capacity(&self) -> bool {
-        !self.disk.counters.full.load(Ordering::Acquire)
-            && self.bytes() < self.disk.counters.max_bytes
+        self.health().is_up()
+            && !self.counters.full.load(Ordering::Acquire)
+            && self.counters.fits(1)
     }
 
     /// Flushes everything to disk (shutdown).
-    pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.disk.db.flush_async().await?;
-        Ok(())
-    }
-}
-
-impl Disk {
-    fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db = sled::Config::new()
-            .path(dir)
-            // sled caches 1 GiB by default; the spool is written and read
-            // once, in order, so a small cache keeps ingest's memory flat.
-            // It is this small because sled's own memory still grows with
-            // the spool's depth: with a full spool, the two together must
-            // stay within ingest's memory target.
-            .cache_capacity(4 * 1024 * 1024)
-            .flush_every_ms(Some(200))
-            .open()
-            .with_context(|| {
-                format!(
-                    "opening the spool in {} (is another ingest using it?)",
-                    dir.display()
-                )
-            })?;
-        let spool = db.open_tree("spool")?;
-        let idempotency = db.open_tree("idempotency")?;
-        let counters = Arc::new(Counters::of(&spool, max_bytes)?);
-        Ok(Self {
-            db,
-            spool,
-            idempotency,
-            counters,
-        })
-    }
-
-    /// Adds `record` at the spool's tail, unless that would pass `max_bytes`.
-    fn append(&self, record: KafkaRecord) -> Result<(), SpoolError> {
-        let value = record.spool_bytes();
-        let len = value.len() as u64;
-        if self.counters.bytes.load(Ordering::Acquire) + len > self.counters.max_bytes {
-            self.counters.full.store(true, Ordering::Release);
-            metrics::counter!(names::INGEST_SPOOL_FULL_TOTAL).increment(1);
-            return Err(SpoolError::Full);
-        }
-        let seq = self.counters.next_seq.fetch_add(1, Ordering::AcqRel);
-        self.spool.insert(seq.to_be_bytes(), value)?;
-        self.counters.depth.fetch_add(1, Ordering::AcqRel);
-        self.counters.bytes.fetch_add(len, Ordering::AcqRel);
-        Ok(())
-    }
-
-    fn publish(&self) {
-        metrics::gauge!(names::INGEST_SPOOL_DEPTH)
-            .set(self.counters.depth.load(Ordering::Acquire) as f64);
-        metrics::gauge!(names::INGEST_SPOOL_BYTES)
-            .set(self.counters.bytes.load(Ordering::Acquire) as f64);
-        metrics::gauge!(names::INGEST_SPOOL_MAX_BYTES).set(self.counters.max_bytes as f64);
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.store.call(|disk| disk.db.flush().map(|_| ())).await
     }
 }
 
 impl Counters {
-    /// The counters of a spool as found on disk (records of an earlier run included).
-    fn of(spool: &sled::Tree, max_bytes: u64) -> Result<Self, sled::Error> {
+    fn new(max_bytes: u64) -> Self {
+        Self {
+            next_seq: AtomicU64::new(0),
+            depth: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            entry_bytes: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
+            max_bytes,
+            full: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the counters from what `disk` holds (records and entries of an
+    /// earlier run, or of before a reopen, included).
+    fn reset(&self, disk: &Disk) -> Result<(), sled::Error> {
         let (mut depth, mut bytes) = (0, 0);
-        for entry in spool.iter() {
+        for entry in disk.spool.iter() {
             let (_, value) = entry?;
             depth += 1;
             bytes += value.len() as u64;
         }
-        let next_seq = match spool.last()? {
+        let mut entry_bytes = 0;
+        for entry in disk.idempotency.iter() {
+            let (key, value) = entry?;
+            entry_bytes += (key.len() + value.len()) as u64;
+        }
+        let next_seq = match disk.spool.last()? {
             Some((key, _)) => seq_of(&key) + 1,
             None => 0,
         };
-        Ok(Self {
-            next_seq: AtomicU64::new(next_seq),
-            depth: AtomicU64::new(depth),
-            bytes: AtomicU64::new(bytes),
-            max_bytes,
-            full: AtomicBool::new(false),
-            flushes: AtomicU64::new(0),
-        })
+        // Never backwards: a reopen finds the records a failed round did not
+        // make durable gone, and their numbers stay used.
+        self.next_seq.fetch_max(next_seq, Ordering::AcqRel);
+        self.depth.store(depth, Ordering::Release);
+        self.bytes.store(bytes, Ordering::Release);
+        self.entry_bytes.store(entry_bytes, Ordering::Release);
+        self.full.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether `more` bytes fit: everything held, times what sled needs on
+    /// disk for it, within the cap.
+    fn fits(&self, more: u64) -> bool {
+        let live =
+            self.bytes.load(Ordering::Acquire) + self.entry_bytes.load(Ordering::Acquire) + more;
+        live.saturating_mul(DISK_PER_LIVE_BYTE) <= self.max_bytes
+    }
+
+    /// Adds `record` at the spool's tail, unless that would pass the cap.
+    fn append(&self, disk: &Disk, record: KafkaRecord) -> Result<(), SpoolError> {
+        let value = record.spool_bytes();
+        let len = value.len() as u64;
+        if !self.fits(len) {
+            self.full.store(true, Ordering::Release);
+            metrics::counter!(names::INGEST_SPOOL_FULL_TOTAL).increment(1);
+            return Err(SpoolError::Full);
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        disk.spool.insert(seq.to_be_bytes(), value)?;
+        self.depth.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn forget(&self, disk: &Disk, seqs: &[u64]) -> Result<(), sled::Error> {
+        for seq in seqs {
+            if let Some(old) = disk.spool.remove(seq.to_be_bytes())? {
+                self.depth.fetch_sub(1, Ordering::AcqRel);
+                self.bytes.fetch_sub(old.len() as u64, Ordering::AcqRel);
+                self.full.store(false, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// An idempotency entry changed size by `new - old` bytes.
+    fn entry_resized(&self, old: u64, new: u64) {
+        if new >= old {
+            self.entry_bytes.fetch_add(new - old, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .entry_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bytes| {
+                    Some(bytes.saturating_sub(old - new))
+                });
+        }
+    }
+
+    fn publish(&self) {
+        metrics::gauge!(names::INGEST_SPOOL_DEPTH).set(self.depth.load(Ordering::Acquire) as f64);
+        metrics::gauge!(names::INGEST_SPOOL_BYTES).set(self.bytes.load(Ordering::Acquire) as f64);
+        metrics::gauge!(names::INGEST_SPOOL_ENTRY_BYTES)
+            .set(self.entry_bytes.load(Ordering::Acquire) as f64);
+        metrics::gauge!(names::INGEST_SPOOL_DISK_BYTES)
+            .set(self.disk_bytes.load(Ordering::Acquire) as f64);
+        metrics::gauge!(names::INGEST_SPOOL_MAX_BYTES).set(self.max_bytes as f64);
     }
 }
 
@@ -371,20 +421,21 @@ pub(crate) mod tests {
             assert_eq!(spool.depth(), 50);
             let first: Vec<_> = spool
                 .oldest(10)
+                .await
                 .unwrap()
                 .into_iter()
                 .map(|(s, _)| s)
                 .collect();
-            spool.forget(&first).unwrap();
+            spool.forget(first).await.unwrap();
             assert_eq!(spool.depth(), 40);
         }
         let spool = reopen(&dir).await;
         assert_eq!(spool.depth(), 40);
-        let rest = spool.oldest(100).unwrap();
+        let rest = spool.oldest(100).await.unwrap();
         let payloads: Vec<_> = rest.iter().map(|(_, r)| r.clone()).collect();
         assert_eq!(payloads, (10..50).map(record).collect::<Vec<_>>());
         spool.append(record(50)).await.unwrap();
-        let (last_seq, last) = spool.oldest(100).unwrap().pop().unwrap();
+        let (last_seq, last) = spool.oldest(100).await.unwrap().pop().unwrap();
         assert_eq!(last, record(50));
         assert!(
             last_seq > rest.last().unwrap().0,
@@ -396,7 +447,7 @@ pub(crate) mod tests {
     async fn a_full_spool_refuses_instead_of_dropping() {
         let dir = tempdir();
         let one = record(0).spool_bytes().len() as u64;
-        let spool = Spool::open(&dir, one * 3).unwrap();
+        let spool = Spool::open(&dir, one * 3 * DISK_PER_LIVE_BYTE).unwrap();
         for i in 0..3 {
             spool.append(record(i)).await.unwrap();
         }
@@ -408,11 +459,12 @@ pub(crate) mod tests {
         assert_eq!(spool.depth(), 3);
         let seqs: Vec<_> = spool
             .oldest(1)
+            .await
             .unwrap()
             .into_iter()
             .map(|(s, _)| s)
             .collect();
-        spool.forget(&seqs).unwrap();
+        spool.forget(seqs).await.unwrap();
         assert!(spool.has_capacity());
         spool.append(record(4)).await.unwrap();
     }
@@ -424,15 +476,19 @@ pub(crate) mod tests {
         spool.append(record(0)).await.unwrap();
         spool.append(record(1)).await.unwrap();
         spool
-            .disk
-            .spool
-            .insert(0u64.to_be_bytes(), &[0, 9, b'x'][..])
+            .store
+            .call(|disk| disk.spool.insert(0u64.to_be_bytes(), &[0, 9, b'x'][..]))
+            .await
             .unwrap();
-        let left = spool.oldest(10).unwrap();
+        let left = spool.oldest(10).await.unwrap();
         assert_eq!(left, vec![(1, record(1))]);
         assert_eq!(spool.depth(), 1);
-        let aside = spool.disk.db.open_tree("spool-unreadable").unwrap();
-        assert_eq!(aside.len(), 1);
+        let aside = spool
+            .store
+            .call(|disk| Ok(disk.db.open_tree(UNREADABLE_TREE)?.len()))
+            .await
+            .unwrap();
+        assert_eq!(aside, 1);
     }
 
     #[tokio::test]
@@ -449,8 +505,8 @@ pub(crate) mod tests {
             task.await.unwrap().unwrap();
         }
         assert_eq!(spool.depth(), 200);
-        assert_eq!(spool.oldest(1000).unwrap().len(), 200);
-        let flushes = spool.disk.counters.flushes.load(Ordering::Acquire);
+        assert_eq!(spool.oldest(1000).await.unwrap().len(), 200);
+        let flushes = spool.counters.flushes.load(Ordering::Acquire);
         assert!(
             (1..=20).contains(&flushes),
             "200 appends in {flushes} group commits"

@@ -41,6 +41,12 @@ pub mod names {
     pub const INGEST_SPOOL_DEPTH: &str = "ingest_spool_depth";
     pub const INGEST_SPOOL_BYTES: &str = "ingest_spool_bytes";
     pub const INGEST_SPOOL_MAX_BYTES: &str = "ingest_spool_max_bytes";
+    pub const INGEST_SPOOL_ENTRY_BYTES: &str = "ingest_spool_entry_bytes";
+    pub const INGEST_SPOOL_DISK_BYTES: &str = "ingest_spool_disk_bytes";
+    pub const INGEST_SPOOL_STORE_UP: &str = "ingest_spool_store_up";
+    pub const INGEST_SPOOL_STORE_ERRORS_TOTAL: &str = "ingest_spool_store_errors_total";
+    pub const INGEST_SPOOL_STORE_REOPENS_TOTAL: &str = "ingest_spool_store_reopens_total";
+    pub const INGEST_SPOOL_STORE_TIMEOUTS_TOTAL: &str = "ingest_spool_store_timeouts_total";
     pub const INGEST_SPOOL_FULL_TOTAL: &str = "ingest_spool_full_total";
     pub const INGEST_SPOOL_REPLAYED_TOTAL: &str = "ingest_spool_replayed_total";
     pub const INGEST_SPOOL_UNREADABLE_TOTAL: &str = "ingest_spool_unreadable_total";
@@ -95,7 +101,13 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (names::INGEST_BREAKER_STATE, Kind::Gauge, "Kafka circuit breaker: 0 closed, 1 open (submissions spool), 2 half-open."),
     (names::INGEST_SPOOL_DEPTH, Kind::Gauge, "Submissions on the disk spool waiting for Kafka."),
     (names::INGEST_SPOOL_BYTES, Kind::Gauge, "Bytes of submissions on the disk spool."),
-    (names::INGEST_SPOOL_MAX_BYTES, Kind::Gauge, "The spool's cap in bytes (FEEDBACK_SPOOL_MAX_BYTES); a full spool answers 503."),
+    (names::INGEST_SPOOL_MAX_BYTES, Kind::Gauge, "The cap on the spool's disk use in bytes (FEEDBACK_SPOOL_MAX_BYTES): records and idempotency entries are held to a third of it, the rest being sled's overhead; a full spool refuses (503 while Kafka is down)."),
+    (names::INGEST_SPOOL_ENTRY_BYTES, Kind::Gauge, "Bytes of idempotency entries in the spool's store, counted against the cap with the records."),
+    (names::INGEST_SPOOL_DISK_BYTES, Kind::Gauge, "Bytes of the spool store's files on disk (sled's log, snapshots and blobs), measured at most once a second."),
+    (names::INGEST_SPOOL_STORE_UP, Kind::Gauge, "1 while the spool's store takes writes, 0 after a disk error until it is opened again (ingest exits if it cannot be)."),
+    (names::INGEST_SPOOL_STORE_ERRORS_TOTAL, Kind::Counter, "Disk errors from the spool's store; each one closes it for a reopen."),
+    (names::INGEST_SPOOL_STORE_REOPENS_TOTAL, Kind::Counter, "Times the spool's store was opened again after a disk error."),
+    (names::INGEST_SPOOL_STORE_TIMEOUTS_TOTAL, Kind::Counter, "Calls on the spool's store that got no answer within their deadline (a disk that hangs)."),
     (names::INGEST_SPOOL_FULL_TOTAL, Kind::Counter, "Submissions refused with 503 because the spool was full."),
     (names::INGEST_SPOOL_REPLAYED_TOTAL, Kind::Counter, "Spooled submissions delivered to Kafka after an outage."),
     (names::INGEST_SPOOL_UNREADABLE_TOTAL, Kind::Counter, "Spool records that could not be decoded and were moved aside."),

@@ -6,5 +6,6 @@ mod api;
 mod connections;
 mod idempotency;
 mod spool;
+mod spool_disk;
 mod spool_tools;
 mod trace;
