@@ -5,6 +5,7 @@
 #   scripts/infra.sh up|down|status
 #   scripts/infra.sh jars           (Kafka's jars, Keycloak's zip into the cache; nothing started)
 #   scripts/infra.sh start|stop|kill kafka|redis|mysql|keycloak     (kill = SIGKILL)
+#   scripts/infra.sh cluster up|down|status   (a 3-node Redis Cluster on 7101-7103, not part of `up`)
 #
 # `up` installs what is missing (apt for Redis and MariaDB, Maven Central for
 # Kafka's jars and Keycloak's distribution, cached outside the repo), starts
@@ -437,6 +438,119 @@ start_one() {
   esac
 }
 
+# --------------------------------------------------------- redis cluster ----
+# A local Redis Cluster for the cluster-mode tests (feedback_tests::cluster
+# runs `cluster up`): three masters, no replicas, no persistence. Its ports
+# are fixed like the stack's, so it is the machine's: one lock file for every
+# checkout, and its data (the nodes' cluster config) next to the stack's.
+CLUSTER_PORTS=(7101 7102 7103)
+CLUSTER_LOCK=/tmp/feedback-redis-cluster.lock
+cluster_dir() { echo "$STATE/redis-cluster/$1"; }
+node_ping() { timeout 3 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null | grep -q PONG; }
+# Every node answers, with all slots served.
+cluster_ping() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    timeout 3 redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+start_cluster_node() {
+  local port=$1 dir holder
+  dir=$(cluster_dir "$port")
+  if node_ping "$port"; then return; fi
+  if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+    holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*' | head -n1 | cut -d'(' -f3 || true)
+    die "port $port is taken${holder:+ by $holder}, which does not answer as Redis"
+  fi
+  mkdir -p "$dir"
+  rm -f "$dir/redis.pid"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save '' --appendonly no 9>&- ||
+    die "redis-server on $port did not start (log: $dir/redis.log)"
+  local waited=0
+  until node_ping "$port"; do
+    ((waited < 100)) || die "redis-server on $port did not answer within 10s (log: $dir/redis.log)"
+    sleep 0.1; waited=$((waited + 1))
+  done
+}
+
+stop_cluster_node() {
+  local port=$1 waited=0
+  node_ping "$port" || return 0
+  redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  while ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
+    sleep 0.1; waited=$((waited + 1))
+    ((waited < 300)) || die "port $port still taken 30 s after its shutdown"
+  done
+}
+
+cluster_up() {
+  if cluster_ping; then say "redis cluster already answering on 127.0.0.1:${CLUSTER_PORTS[0]}-${CLUSTER_PORTS[-1]}"; return; fi
+  local port nodes=()
+  for port in "${CLUSTER_PORTS[@]}"; do start_cluster_node "$port"; nodes+=("127.0.0.1:$port"); done
+  # Nodes restarted from their nodes.conf rejoin by themselves; give them the node timeout.
+  local waited=0
+  while ! cluster_ping && ((waited < 60)); do
+    # Never formed: each node knows only itself. Then create the cluster.
+    if [[ $(redis-cli -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster nodes 2>/dev/null | wc -l) == 1 ]]; then break; fi
+    sleep 0.1; waited=$((waited + 1))
+  done
+  if ! cluster_ping && [[ $(redis-cli -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" cluster nodes 2>/dev/null | wc -l) != 1 ]]; then
+    # Half formed or broken (a node's data lost): it is a test cache, start it afresh.
+    say "redis cluster in a broken state: recreating it"
+    for port in "${CLUSTER_PORTS[@]}"; do stop_cluster_node "$port"; rm -rf "$(cluster_dir "$port")"; done
+    for port in "${CLUSTER_PORTS[@]}"; do start_cluster_node "$port"; done
+  fi
+  if ! cluster_ping; then
+    say "creating the redis cluster ${nodes[*]}"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null ||
+      die "redis-cli --cluster create failed"
+  fi
+  waited=0
+  until cluster_ping; do
+    ((waited < 300)) || die "the redis cluster did not reach cluster_state:ok within 30s"
+    sleep 0.1; waited=$((waited + 1))
+  done
+  say "redis cluster up: FEEDBACK_REDIS_URL=$(cluster_url)"
+}
+
+cluster_url() {
+  local port urls=()
+  for port in "${CLUSTER_PORTS[@]}"; do urls+=("redis://127.0.0.1:$port"); done
+  (IFS=,; echo "${urls[*]}")
+}
+
+cluster_command() {
+  case ${1:-} in
+    up)
+      if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then install_packages; fi
+      # The lock is fd 9, closed for the servers it starts (a daemon holding
+      # it would block every later `cluster up`).
+      exec 9>"$CLUSTER_LOCK"
+      flock 9
+      cluster_up
+      ;;
+    down)
+      exec 9>"$CLUSTER_LOCK"
+      flock 9
+      local port
+      for port in "${CLUSTER_PORTS[@]}"; do stop_cluster_node "$port"; rm -rf "$(cluster_dir "$port")"; done
+      say "redis cluster stopped"
+      ;;
+    status)
+      if cluster_ping; then
+        printf '  %-8s up    %s\n' cluster "$(cluster_url)"
+      else
+        printf '  %-8s down  127.0.0.1:%s-%s\n' cluster "${CLUSTER_PORTS[0]}" "${CLUSTER_PORTS[-1]}"
+        return 1
+      fi
+      ;;
+    *) die "usage: $0 cluster up|down|status" ;;
+  esac
+}
+
 # ----------------------------------------------------------------- stops ----
 stop_one() {
   local name=$1 signal=${2:-TERM} pid waited=0
@@ -505,6 +619,8 @@ case ${1:-} in
     ;;
   down)
     for name in kafka redis mysql keycloak; do stop_one "$name"; done
+    # The cluster-mode tests' Redis Cluster, when they started one.
+    if node_ping "${CLUSTER_PORTS[0]}"; then cluster_command down; fi
     ;;
   jars)
     # Kafka's jars and Keycloak's distribution into the cache, nothing started
@@ -529,8 +645,11 @@ case ${1:-} in
     check_name "${2:-}" kill
     stop_one "$2" KILL
     ;;
+  cluster)
+    cluster_command "${2:-}"
+    ;;
   *)
-    echo "usage: $0 up|down|status|jars | start|stop|kill kafka|redis|mysql|keycloak" >&2
+    echo "usage: $0 up|down|status|jars | start|stop|kill kafka|redis|mysql|keycloak | cluster up|down|status" >&2
     exit 2
     ;;
 esac

@@ -14,8 +14,10 @@ pub struct Config {
     pub topic: String,
     /// `FEEDBACK_CONSUMER_GROUP` (default `feedback-aggregator`)
     pub group: String,
-    /// `FEEDBACK_REDIS_URL`
+    /// `FEEDBACK_REDIS_URL`: one server, or a Redis Cluster's nodes separated by commas.
     pub redis_url: String,
+    /// `FEEDBACK_REDIS_CLUSTER` (default false): a single `redis_url` is a cluster's seed node.
+    pub redis_cluster: bool,
     /// `FEEDBACK_MYSQL_URL`
     pub mysql_url: String,
     /// `FEEDBACK_BATCH_SIZE` (default 100)
@@ -61,6 +63,7 @@ impl Config {
             topic: shared::env::kafka_topic(),
             group: var_or("FEEDBACK_CONSUMER_GROUP", "feedback-aggregator"),
             redis_url: shared::env::redis_url(),
+            redis_cluster: parse_or("FEEDBACK_REDIS_CLUSTER", false)?,
             mysql_url: shared::env::mysql_url(),
             batch_size,
             linger: Duration::from_millis(parse_or("FEEDBACK_BATCH_LINGER_MS", 50)?),

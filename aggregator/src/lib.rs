@@ -94,8 +94,10 @@ impl Application {
         // Dead letters stay until an operator has dealt with them: each is
         // feedback that was accepted and is not counted yet.
         shared::kafka::ensure_topic(&config.brokers, dead_letters.topic(), 1, None).await?;
+        let redis_target =
+            shared::redis_conn::Target::parse(&config.redis_url, config.redis_cluster)?;
         let redis = Arc::new(RedisView::new(
-            &config.redis_url,
+            &redis_target,
             pool.clone(),
             config.cache_ttl_secs,
         )?);

@@ -1,10 +1,11 @@
 //! Redis after MySQL: each committed batch's per-course deltas go to Redis in
-//! one Lua call (`shared::redis_hash`), guarded by versions, so redelivery, races
-//! with query's fills, and expired or flushed hashes are all harmless.
+//! one Lua call (`shared::redis_hash`; on a Redis Cluster one per hash slot),
+//! guarded by versions, so redelivery, races with query's fills, and expired
+//! or flushed hashes are all harmless.
 //!
 //! The lanes do not wait for Redis: they queue a committed batch's deltas
 //! ([`DeltaQueue`]) and start their next transaction, while one task applies
-//! the queue in order, several batches to a call when it has fallen behind.
+//! the queue in order, several batches to a pass when it has fallen behind.
 //!
 //! While Redis is unreachable, MySQL keeps committing and the touched courses
 //! are remembered; when Redis answers again they are refilled from MySQL. A
@@ -20,9 +21,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
-use redis::aio::ConnectionManager;
 use shared::metrics::names;
 use shared::mysql::{stats_columns, StatsColumns, StatsRow};
+use shared::redis_conn::{Connection, Target};
 use shared::redis_hash::{Applied, Delta, Scripts};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,7 +35,8 @@ use crate::steps::Steps;
 /// queue keeps moving).
 const QUEUED_BATCHES: usize = 64;
 
-/// The most deltas one script call applies when batches have queued up.
+/// The most deltas one pass applies when batches have queued up (one
+/// script call on a single server).
 const DELTAS_PER_CALL: usize = 500;
 
 /// Where the lanes put committed deltas for Redis; cloned into each lane.
@@ -62,7 +64,8 @@ impl DeltaQueue {
 /// The Redis hashes of the course stats as the aggregator writes them:
 /// deltas after each commit, refills from MySQL where they could not go.
 pub struct RedisView {
-    redis: ConnectionManager,
+    /// A single server or a cluster (then a batch takes one call per slot).
+    redis: Connection,
     /// The Lua scripts that apply deltas and fills, guarded by versions.
     scripts: Scripts,
     /// MySQL, where refills read a course's numbers.
@@ -76,9 +79,9 @@ pub struct RedisView {
 }
 
 impl RedisView {
-    pub fn new(redis_url: &str, pool: Pool, ttl_secs: u64) -> anyhow::Result<Self> {
+    pub fn new(redis: &Target, pool: Pool, ttl_secs: u64) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: shared::redis_hash::connect(redis_url, Duration::from_millis(500))?,
+            redis: shared::redis_conn::connect(redis, Duration::from_millis(500))?,
             scripts: Scripts::new(),
             pool,
             ttl_secs,
@@ -138,31 +141,40 @@ impl RedisView {
             self.remember(deltas);
             return;
         }
-        let mut conn = self.redis.clone();
-        match self.scripts.apply(&mut conn, deltas).await {
-            Ok(results) => {
-                self.mark(true);
-                let invalidated = results
-                    .iter()
-                    .filter(|r| **r == Applied::Invalidated)
-                    .count();
-                if invalidated > 0 {
-                    metrics::counter!(names::AGGREGATOR_REDIS_INVALIDATIONS_TOTAL)
-                        .increment(invalidated as u64);
+        let mut invalidated = 0;
+        let mut failed: Vec<&Delta> = Vec::new();
+        let mut error = None;
+        for call in self.scripts.apply_batch(&self.redis, deltas).await {
+            match call.result {
+                Ok(results) => {
+                    invalidated += results
+                        .iter()
+                        .filter(|r| **r == Applied::Invalidated)
+                        .count();
+                }
+                Err(err) => {
+                    // Only this call's slot failed (a cluster node down, say):
+                    // the other calls applied and are not repaired.
+                    failed.extend(call.deltas);
+                    error = Some(err);
                 }
             }
-            Err(err) => {
-                self.mark(false);
-                tracing::warn!(%err, courses = deltas.len(), "Redis update failed: courses marked for repair");
-                self.remember(deltas);
-            }
+        }
+        self.mark(error.is_none());
+        if invalidated > 0 {
+            metrics::counter!(names::AGGREGATOR_REDIS_INVALIDATIONS_TOTAL)
+                .increment(invalidated as u64);
+        }
+        if let Some(err) = error {
+            tracing::warn!(%err, courses = failed.len(), "Redis update failed: courses marked for repair");
+            self.remember(failed);
         }
     }
 
     /// Remembers the courses of deltas that did not reach Redis.
-    fn remember(&self, deltas: &[Delta]) {
+    fn remember<'a>(&self, deltas: impl IntoIterator<Item = &'a Delta>) {
         if let Ok(mut dirty) = self.dirty.lock() {
-            dirty.extend(deltas.iter().map(|d| d.course_id.clone()));
+            dirty.extend(deltas.into_iter().map(|d| d.course_id.clone()));
         }
     }
 

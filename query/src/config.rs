@@ -9,8 +9,10 @@ use shared::env::{parse_or, var, var_or};
 pub struct Config {
     /// `FEEDBACK_QUERY_ADDR`
     pub addr: String,
-    /// `FEEDBACK_REDIS_URL`
+    /// `FEEDBACK_REDIS_URL`: one server, or a Redis Cluster's nodes separated by commas.
     pub redis_url: String,
+    /// `FEEDBACK_REDIS_CLUSTER` (default false): a single `redis_url` is a cluster's seed node.
+    pub redis_cluster: bool,
     /// `FEEDBACK_MYSQL_URL`: migrations and `rebuild-cache` use the primary.
     pub mysql_url: String,
     /// `FEEDBACK_MYSQL_READ_URL`: a replica for the request path; `None` reads the primary.
@@ -44,6 +46,7 @@ impl Config {
         Ok(Self {
             addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
             redis_url: shared::env::redis_url(),
+            redis_cluster: parse_or("FEEDBACK_REDIS_CLUSTER", false)?,
             mysql_url: shared::env::mysql_url(),
             mysql_read_url: var("FEEDBACK_MYSQL_READ_URL"),
             auth: shared::auth::Settings::from_env()?,

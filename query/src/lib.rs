@@ -11,7 +11,7 @@
 //!   (the `{course_id}` segment by the `CoursePath` extractor).
 //!   Every `/v1` route takes the admin's JWT (`shared::auth::Admin`) first.
 //! - `stats.rs` → `stats_cache.rs` → `redis_guard.rs`: stats from the Redis hash
-//!   `feedback:course:{course_id}` (one HMGET); on a miss from MySQL's
+//!   `feedback:course:{<course_id>}` (one HMGET); on a miss from MySQL's
 //!   `course_stats`, filling Redis with the version-guarded fill and a
 //!   jittered TTL; concurrent misses share one MySQL read.
 //! - `comments.rs` (keyset pages of current responses, along the history's
@@ -108,11 +108,10 @@ impl Application {
         ]);
         let auth = Authenticator::new(&config.auth)?;
         let db = Db::new(config.read_url(), config.mysql_timeout)?;
-        let redis = Arc::new(GuardedRedis::connect(
-            &config.redis_url,
-            config.redis_timeout,
-        )?);
-        let tracking = tracking::Tracking::new(&config.redis_url, config.redis_timeout)?;
+        let redis_target =
+            shared::redis_conn::Target::parse(&config.redis_url, config.redis_cluster)?;
+        let redis = Arc::new(GuardedRedis::connect(&redis_target, config.redis_timeout)?);
+        let tracking = tracking::Tracking::new(&redis_target, config.redis_timeout)?;
         let stats = Arc::new(Stats::new(
             redis,
             tracking,

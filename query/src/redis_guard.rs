@@ -13,10 +13,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use shared::breaker::{Breaker, State};
 use shared::metrics::names;
+use shared::redis_conn::{Connection, Target};
 
 /// Redis was not asked (breaker open) or did not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +24,9 @@ use shared::metrics::names;
 pub struct Unreachable;
 
 pub struct GuardedRedis {
-    /// Multiplexed and self-reconnecting; cloned per call (cheap).
-    conn: ConnectionManager,
+    /// Multiplexed and self-reconnecting (a single server or a cluster);
+    /// cloned per call (cheap).
+    conn: Connection,
     breaker: Breaker,
     /// True while the breaker is closed and the last call succeeded: lets the
     /// hot path skip the breaker's mutex.
@@ -38,10 +39,10 @@ pub struct GuardedRedis {
 }
 
 impl GuardedRedis {
-    /// A lazy connection to `url` (Redis need not be up yet).
-    pub fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// A lazy connection to `target` (Redis need not be up yet).
+    pub fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: shared::redis_hash::connect(url, timeout)?,
+            conn: shared::redis_conn::connect(target, timeout)?,
             breaker: Breaker::new("Redis", names::QUERY_REDIS_BREAKER_STATE),
             healthy: AtomicBool::new(true),
             probing: AtomicBool::new(false),
@@ -60,10 +61,7 @@ impl GuardedRedis {
     }
 
     /// Runs `op` on a connection unless the breaker holds it back.
-    pub async fn call<T, Fut>(
-        &self,
-        op: impl FnOnce(ConnectionManager) -> Fut,
-    ) -> Result<T, Unreachable>
+    pub async fn call<T, Fut>(&self, op: impl FnOnce(Connection) -> Fut) -> Result<T, Unreachable>
     where
         Fut: Future<Output = RedisResult<T>>,
     {
@@ -132,17 +130,18 @@ mod tests {
 
     /// A guard on a port nothing listens on: every real call fails fast.
     fn dead() -> GuardedRedis {
-        GuardedRedis::connect("redis://127.0.0.1:1/0", Duration::from_millis(100)).unwrap()
+        let target = Target::Single("redis://127.0.0.1:1/0".into());
+        GuardedRedis::connect(&target, Duration::from_millis(100)).unwrap()
     }
 
-    async fn failing(_: ConnectionManager) -> RedisResult<()> {
+    async fn failing(_: Connection) -> RedisResult<()> {
         Err(redis::RedisError::from((
             redis::ErrorKind::Io,
             "injected failure",
         )))
     }
 
-    async fn succeeding(_: ConnectionManager) -> RedisResult<()> {
+    async fn succeeding(_: Connection) -> RedisResult<()> {
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! Course statistics: Redis first, MySQL behind it (cache-aside).
 //!
-//! - Hit: the hash `feedback:course:{course_id}` answers (`source: cache`):
+//! - Hit: the hash `feedback:course:{<course_id>}` answers (`source: cache`):
 //!   kept in memory under Redis's client-side tracking (`tracking.rs`), else
-//!   one HMGET on the tracking connection, which then keeps it.
+//!   one HMGET on the tracking connection, which then keeps it (on a Redis
+//!   Cluster, where tracking is off, one HMGET every time).
 //! - Miss: MySQL's `course_stats` row answers (`source: database`) and fills
 //!   the hash with `shared::redis_hash::Scripts::fill`, which is version-guarded and
 //!   refuses a fill below a delta's floor, so a fill racing with the

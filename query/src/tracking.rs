@@ -23,6 +23,14 @@
 //!
 //! Redis without RESP3 or tracking (before 6.0) refuses the handshake: then
 //! tracking turns itself off and reads go through the ordinary connection.
+//!
+//! On a Redis Cluster tracking is off from the start, and every stats hit
+//! reads Redis (one HMGET, as above): a cluster tracks per node, on the
+//! connection that read the key, so keeping values would need a tracking
+//! connection to every node, each with its own pushes, heartbeat and loss
+//! handling, re-made whenever slots move or a replica is promoted, and a
+//! push lost in any of those would serve a stale value indefinitely.
+//! Without tracking, a hit is Redis's value at the moment of the read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,9 +40,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use shared::mysql::StatsRow;
-
-/// The hash key prefix of `shared::redis_hash::course_key`.
-const KEY_PREFIX: &str = "feedback:course:";
+use shared::redis_conn::Target;
 
 /// More courses than this kept at once: forget them all and start again
 /// (a university has thousands of courses, not hundreds of thousands).
@@ -130,7 +136,7 @@ impl Kept {
     fn invalidate(&mut self, key: &[u8]) {
         let course = std::str::from_utf8(key)
             .ok()
-            .and_then(|key| key.strip_prefix(KEY_PREFIX));
+            .and_then(shared::redis_hash::course_of_key);
         // Another key (a floor, say): nothing kept depends on it.
         if let Some(course) = course {
             self.entries.remove(course);
@@ -148,7 +154,8 @@ impl Kept {
 }
 
 pub struct Tracking {
-    client: redis::Client,
+    /// The single server's client with RESP3; `None` on a cluster (tracking off).
+    client: Option<redis::Client>,
     timeout: Duration,
     kept: Mutex<Kept>,
     /// One connection attempt at a time.
@@ -158,20 +165,31 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    /// Tracking for the Redis at `url`; connects on the first read.
-    pub fn new(url: &str, timeout: Duration) -> RedisResult<Arc<Self>> {
-        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
+    /// Tracking for the Redis at `target`; connects on the first read. Off
+    /// on a cluster (see the module's comment).
+    pub fn new(target: &Target, timeout: Duration) -> RedisResult<Arc<Self>> {
+        let client = match target {
+            Target::Single(url) => {
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                Some(redis::Client::open(info.set_redis_settings(settings))?)
+            }
+            Target::Cluster(_) => {
+                tracing::info!(
+                    "Redis Cluster: client-side tracking off, every stats hit reads Redis"
+                );
+                None
+            }
+        };
         Ok(Arc::new(Self {
-            client: redis::Client::open(info)?,
+            enabled: AtomicBool::new(client.is_some()),
+            client,
             timeout,
             kept: Mutex::new(Kept::default()),
             connecting: tokio::sync::Mutex::new(()),
-            enabled: AtomicBool::new(true),
         }))
     }
 
@@ -226,8 +244,13 @@ impl Tracking {
                 }
                 Ok(())
             });
-        let mut conn = match self
-            .client
+        let Some(client) = &self.client else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "client-side tracking is off on a Redis Cluster",
+            )));
+        };
+        let mut conn = match client
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
@@ -348,7 +371,7 @@ mod tests {
     fn an_invalidation_that_overtakes_the_answer_keeps_it_from_being_kept() {
         let mut kept = Kept::default();
         let token = kept.mark("CS101", 0).unwrap();
-        kept.on_push(0, &invalidate(&["feedback:course:CS101"]));
+        kept.on_push(0, &invalidate(&["feedback:course:{CS101}"]));
         kept.settle("CS101", token, 0, Some(&row(3)));
         assert_eq!(kept.get("CS101"), None);
     }
@@ -362,7 +385,7 @@ mod tests {
         }
         kept.on_push(
             0,
-            &invalidate(&["feedback:course:A", "feedback:floor:B", "other"]),
+            &invalidate(&["feedback:course:{A}", "feedback:floor:{B}", "other"]),
         );
         assert_eq!((kept.get("A"), kept.get("B")), (None, Some(row(1))));
     }
@@ -422,7 +445,7 @@ mod tests {
         };
         let token = kept.mark("A", 2).unwrap();
         kept.settle("A", token, 2, Some(&row(1)));
-        kept.on_push(1, &invalidate(&["feedback:course:A"]));
+        kept.on_push(1, &invalidate(&["feedback:course:{A}"]));
         kept.on_push(
             1,
             &PushInfo {

@@ -5,15 +5,17 @@
 //! newer hash the aggregator wrote meanwhile. The rebuild deletes a page of
 //! hashes *before* reading that page from MySQL: a delta landing in between
 //! finds no hash and leaves a floor, and a fill below the floor is refused, so
-//! the rebuild never leaves numbers older than a delta Redis has seen.
+//! the rebuild never leaves numbers older than a delta Redis has seen. It
+//! deletes the page's hashes under their names before hash tags as well,
+//! which nothing reads any more.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use mysql_async::prelude::Queryable;
-use redis::aio::ConnectionManager;
 use shared::mysql::StatsRow;
+use shared::redis_conn::Connection;
 use shared::redis_hash::Scripts;
 
 use crate::read_model::{Db, Unavailable};
@@ -55,7 +57,7 @@ pub struct Totals {
 /// Rebuilds every course's hash from MySQL, `page_size` courses at a time.
 pub async fn rebuild(
     db: &Db,
-    redis: &mut ConnectionManager,
+    redis: &mut Connection,
     ttl: Ttl,
     page_size: u32,
     progress: &ProgressBar,
@@ -74,9 +76,15 @@ pub async fn rebuild(
         let Some(page_last) = ids.last().cloned() else {
             break;
         };
+        // On a cluster the client splits this DEL by slot.
         let keys: Vec<String> = ids
             .iter()
-            .map(|id| shared::redis_hash::course_key(id))
+            .flat_map(|id| {
+                [
+                    shared::redis_hash::course_key(id),
+                    shared::redis_hash::untagged_course_key(id),
+                ]
+            })
             .collect();
         redis::cmd("DEL")
             .arg(&keys)
@@ -115,7 +123,8 @@ pub async fn rebuild_from_env(page_size: u32) -> anyhow::Result<()> {
         .await
         .context("MySQL must be up to rebuild the cache")?;
     let db = Db::new(&mysql_url, Duration::from_secs(30))?;
-    let mut redis = shared::redis_hash::connect(&shared::env::redis_url(), Duration::from_secs(2))?;
+    let target = shared::redis_conn::Target::from_env()?;
+    let mut redis = shared::redis_conn::connect(&target, Duration::from_secs(2))?;
     let total: Option<u64> = db
         .conn()
         .await?

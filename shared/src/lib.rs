@@ -13,7 +13,8 @@
 //!   router gets, and the health routes; [`server`] serves such a router.
 //! - [`mysql`] and [`redis_hash`]: the MySQL schema and the Redis course hash
 //!   with its version-guarded Lua scripts, written by the aggregator and read
-//!   by query.
+//!   by query; [`redis_conn`]: one Redis server or a Redis Cluster, behind one
+//!   connection type.
 //! - [`breaker`]: the circuit breaker in front of Kafka (ingest) and Redis (query).
 //! - [`metrics`]: the recorder, and every metric's name with its HELP text.
 //! - [`shutdown`]: the signal, and the `Stop` every task of a service waits on.
@@ -30,6 +31,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod mysql;
+pub mod redis_conn;
 pub mod redis_hash;
 pub mod server;
 pub mod shutdown;

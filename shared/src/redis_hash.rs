@@ -1,7 +1,7 @@
 //! The Redis side of course statistics, shared by the aggregator (deltas) and
 //! query (reads and fills).
 //!
-//! One hash per course, `feedback:course:{course_id}`, with the fields
+//! One hash per course, `feedback:course:{<course_id>}`, with the fields
 //! `responses`, `rating_sum`, `rating_1`..`rating_5`, `version` and
 //! `updated_at` (microseconds since the epoch). `version` is MySQL's
 //! `course_stats.version` that the hash reflects, which makes every write
@@ -15,27 +15,53 @@
 //! One race remains in that design: a reader takes version v from MySQL, a
 //! delta v → v+1 finds no hash and is skipped, then the reader fills v, which
 //! stays stale. So a skipped or gap-deleted delta leaves a *floor*
-//! (`feedback:floor:{course_id}` = v+1, for a minute) and a fill below
+//! (`feedback:floor:{<course_id>}` = v+1, for a minute) and a fill below
 //! the floor is refused: the reader answers from MySQL and the next read fills.
 //! Floors have their own prefix: course ids may contain `:`, so a suffix
 //! (`feedback:course:X:floor`, before) named course `X:floor`'s hash too.
 //!
+//! The braces are a Redis Cluster hash tag: only the course id picks the
+//! slot, so a course's hash and floor share one and a script may touch both.
+//! A batch's deltas go to a cluster in one script call per slot, to a single
+//! server in one call (`Scripts::apply_batch`). The same names serve both
+//! modes; hashes under the names before the tags (`feedback:course:CS101`)
+//! are no longer read: Redis is a cache of MySQL, so a course missing under
+//! the new name is read from MySQL and filled (`query rebuild-cache` deletes
+//! the old names too).
+//!
 //! So Redis never holds numbers MySQL never had, nor numbers older than a
 //! delta it has seen.
 
+use std::collections::HashMap;
+
 use redis::aio::ConnectionLike;
+use redis::cluster_routing::Slot;
 use redis::Script;
 
 use crate::mysql::StatsRow;
+use crate::redis_conn::Connection;
+
+/// Where a course's hash key starts; the course id follows in braces.
+const COURSE_KEY_PREFIX: &str = "feedback:course:{";
 
 /// The hash key of a course.
 pub fn course_key(course_id: &str) -> String {
-    format!("feedback:course:{course_id}")
+    format!("{COURSE_KEY_PREFIX}{course_id}}}")
 }
 
 /// The floor key of a course: fills below this version are refused.
 pub fn floor_key(course_id: &str) -> String {
-    format!("feedback:floor:{course_id}")
+    format!("feedback:floor:{{{course_id}}}")
+}
+
+/// The course whose hash `key` is; `None` for any other key (a floor, say).
+pub fn course_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(COURSE_KEY_PREFIX)?.strip_suffix('}')
+}
+
+/// A course's hash key as named before hash tags, still deleted by a rebuild.
+pub fn untagged_course_key(course_id: &str) -> String {
+    format!("feedback:course:{course_id}")
 }
 
 /// How long a floor lives: far longer than a read-then-fill takes.
@@ -131,6 +157,12 @@ pub enum Applied {
     Invalidated,
 }
 
+/// One script call of [`Scripts::apply_batch`]: the deltas it carried and what it did.
+pub struct Call<'a> {
+    pub deltas: Vec<&'a Delta>,
+    pub result: redis::RedisResult<Vec<Applied>>,
+}
+
 /// The scripts, loaded once (EVALSHA; the redis crate reloads them on NOSCRIPT).
 pub struct Scripts {
     delta: Script,
@@ -151,11 +183,44 @@ impl Scripts {
         }
     }
 
-    /// Applies a batch's deltas atomically, in one script call.
+    /// Applies a batch's deltas atomically, in one script call (which a
+    /// cluster refuses unless they share a slot: see [`Self::apply_batch`]).
     pub async fn apply<C: ConnectionLike>(
         &self,
         conn: &mut C,
         deltas: &[Delta],
+    ) -> redis::RedisResult<Vec<Applied>> {
+        let deltas: Vec<&Delta> = deltas.iter().collect();
+        self.invoke_delta(conn, &deltas).await
+    }
+
+    /// Applies a batch's deltas in as few script calls as the server takes:
+    /// one on a single server; on a cluster one per hash slot (a script's
+    /// keys must share a slot), sent together. Each call is atomic on its
+    /// own; a course's deltas stay in one call, in their order.
+    pub async fn apply_batch<'a>(&self, conn: &Connection, deltas: &'a [Delta]) -> Vec<Call<'a>> {
+        let groups = if conn.is_cluster() {
+            by_slot(deltas)
+        } else {
+            vec![deltas.iter().collect()]
+        };
+        let calls = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
+            let mut conn = conn.clone();
+            async move {
+                let result = self.invoke_delta(&mut conn, &group).await;
+                Call {
+                    deltas: group,
+                    result,
+                }
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    async fn invoke_delta<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        deltas: &[&Delta],
     ) -> redis::RedisResult<Vec<Applied>> {
         if deltas.is_empty() {
             return Ok(Vec::new());
@@ -248,17 +313,73 @@ pub async fn invalidate<C: ConnectionLike>(
         .await
 }
 
-/// A self-reconnecting Redis connection that does not need Redis up to be
-/// created, with short timeouts so a dead Redis is noticed in well under a second.
-pub fn connect(
-    url: &str,
-    timeout: std::time::Duration,
-) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(std::time::Duration::from_millis(500));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+/// Deltas grouped by the hash slot of their course, each group in the
+/// batch's order, the groups in the order of their first delta.
+fn by_slot(deltas: &[Delta]) -> Vec<Vec<&Delta>> {
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    let mut groups: Vec<Vec<&Delta>> = Vec::new();
+    for delta in deltas {
+        let slot = Slot::for_key(course_key(&delta.course_id));
+        let at = *index.entry(slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(delta);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(course: &str, from: i64) -> Delta {
+        Delta {
+            course_id: course.into(),
+            from_version: from,
+            to_version: from + 1,
+            responses: 1,
+            rating_sum: 4,
+            distribution: [0, 0, 0, 1, 0],
+            updated_at_micros: 1,
+        }
+    }
+
+    #[test]
+    fn a_course_hash_and_its_floor_share_a_slot_and_name_the_course() {
+        for course in ["CS101", "X:floor", "a.b-c_d", "MATH-2024:fall"] {
+            assert_eq!(
+                Slot::for_key(course_key(course)),
+                Slot::for_key(floor_key(course))
+            );
+            assert_eq!(course_of_key(&course_key(course)), Some(course));
+            assert_eq!(course_of_key(&floor_key(course)), None);
+        }
+        assert_eq!(course_key("CS101"), "feedback:course:{CS101}");
+        assert_eq!(course_of_key("feedback:course:CS101"), None);
+    }
+
+    #[test]
+    fn deltas_are_grouped_by_slot_keeping_each_course_in_order() {
+        let deltas: Vec<Delta> = (0..40)
+            .map(|i| delta(&format!("C{}", i % 20), i / 20))
+            .collect();
+        let groups = by_slot(&deltas);
+        assert!(groups.len() > 1, "twenty courses span several slots");
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 40);
+        for group in &groups {
+            let slot = Slot::for_key(course_key(&group[0].course_id));
+            assert!(group
+                .iter()
+                .all(|d| Slot::for_key(course_key(&d.course_id)) == slot));
+            for course in group.iter().map(|d| &d.course_id) {
+                let versions: Vec<i64> = group
+                    .iter()
+                    .filter(|d| &d.course_id == course)
+                    .map(|d| d.from_version)
+                    .collect();
+                assert!(versions.windows(2).all(|w| w[0] < w[1]), "in order");
+            }
+        }
+    }
 }

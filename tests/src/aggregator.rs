@@ -29,6 +29,8 @@ pub fn config(topic: &str, group: &str, mysql_url: &str, redis_url: &str) -> Con
         topic: topic.into(),
         group: group.into(),
         redis_url: redis_url.into(),
+        // Several comma-separated URLs (a test cluster's) are a cluster anyway.
+        redis_cluster: false,
         mysql_url: mysql_url.into(),
         batch_size: 100,
         linger: Duration::from_millis(50),
@@ -422,7 +424,9 @@ pub async fn assert_mysql_consistent(mysql_url: &str, events: &[FeedbackSubmitte
 pub async fn wait_for_redis_to_match(scenario: &Scenario, limit: Duration) -> usize {
     let result = eventually(limit, "Redis to equal MySQL", || async {
         let mysql = mysql_stats(&scenario.mysql_url).await?;
-        let mut redis = scenario.redis().await;
+        // As the services connect: a single server or a cluster.
+        let target = shared::redis_conn::Target::parse(&scenario.redis_url, false)?;
+        let mut redis = shared::redis_conn::connect(&target, Duration::from_secs(2))?;
         let mut present = 0;
         for (course, (numbers, version)) in &mysql {
             if let Some(hash) = shared::redis_hash::read(&mut redis, course).await? {

@@ -16,6 +16,7 @@
 //! - [`idp`]: the real identity provider: a realm per test, tokens from
 //!   its login flow, its keys rotated.
 //! - [`private`]: Redis and MariaDB servers of a test's own, to kill freely.
+//! - [`cluster`]: a real local Redis Cluster (`scripts/infra.sh cluster up`).
 //! - [`answers`]: checks on what a service answers (error bodies, metrics,
 //!   refusing to start).
 //! - [`running`]: a service built in the test, on a task until stopped.
@@ -29,6 +30,7 @@
 
 pub mod aggregator;
 pub mod answers;
+pub mod cluster;
 pub mod faults;
 pub mod idp;
 pub mod ingest;

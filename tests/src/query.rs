@@ -31,6 +31,8 @@ pub fn config(mysql_url: &str, redis_url: &str) -> Config {
     Config {
         addr: "127.0.0.1:0".into(),
         redis_url: redis_url.into(),
+        // Several comma-separated URLs (a test cluster's) are a cluster anyway.
+        redis_cluster: false,
         mysql_url: mysql_url.into(),
         mysql_read_url: None,
         auth: shared::auth::Settings::shared_secret(JWT_SECRET),

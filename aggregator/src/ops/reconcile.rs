@@ -33,7 +33,7 @@ pub async fn run(courses: Courses, apply: bool) -> anyhow::Result<()> {
     let mysql_url = shared::env::mysql_url();
     let pool = shared::mysql::pool(&mysql_url)?;
     let view = RedisView::new(
-        &shared::env::redis_url(),
+        &shared::redis_conn::Target::from_env()?,
         pool.clone(),
         shared::env::cache_ttl_secs()?,
     )?;

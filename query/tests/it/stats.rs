@@ -383,7 +383,8 @@ async fn rebuild_writes_every_course_from_mysql_page_by_page() {
     let (mysql_url, redis_url) = fresh_stores().await;
     let rows = seed_for_rebuild(&mysql_url, &redis_url).await;
     let db = query::read_model::Db::new(&mysql_url, Duration::from_secs(5)).unwrap();
-    let mut redis = shared::redis_hash::connect(&redis_url, Duration::from_secs(2)).unwrap();
+    let target = shared::redis_conn::Target::Single(redis_url.clone());
+    let mut redis = shared::redis_conn::connect(&target, Duration::from_secs(2)).unwrap();
     let totals = query::warm::rebuild(
         &db,
         &mut redis,
