@@ -23,6 +23,8 @@ use shared::auth::{JwtKeys, Role};
 use shared::domain::{Comment, CourseId, Rating, StudentKey};
 use shared::event::FeedbackSubmitted;
 
+mod soak;
+
 #[derive(Parser)]
 #[command(about = "Benchmark helper for scripts/bench.sh (key=value lines on stdout)")]
 struct Cli {
@@ -135,6 +137,9 @@ enum Command {
         #[arg(long)]
         topic: String,
     },
+    /// Steady submissions over the ingest replicas while scripts/soak.sh
+    /// injects faults (told on stdin), then exact counts; see docs/soak.md.
+    Soak(soak::Args),
     /// Delete the bench's topics (missing ones are fine), and with `--prefix`
     /// every topic whose name starts with it (scripts/test.sh: `fbtest-`).
     DeleteTopics {
@@ -224,6 +229,13 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || rate_load(plan)).await?
         }
         Command::TopicCount { brokers, topic } => topic_count(&brokers, &topic),
+        Command::Soak(args) => {
+            if !soak::run(args).await? {
+                // The report is out; the status tells the script the checks failed.
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::DeleteTopics {
             brokers,
             prefix,
