@@ -45,6 +45,8 @@ pub struct Config {
     pub delivery_timeout: Duration,
     /// `FEEDBACK_IDEMPOTENCY_TTL_SECS` (default 86400).
     pub idempotency_ttl: Duration,
+    /// `FEEDBACK_CATALOG`, and in closed mode `FEEDBACK_MYSQL_URL` to read it from.
+    pub catalog: crate::catalog::Settings,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Config {
                 "FEEDBACK_IDEMPOTENCY_TTL_SECS",
                 86_400,
             )?),
+            catalog: crate::catalog::Settings::from_env()?,
         })
     }
 }

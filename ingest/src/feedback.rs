@@ -8,19 +8,19 @@
 //! from `Content-Length` before reading) and arrival (408), JSON (400),
 //! fields (400 wrong type, 422 missing or out of range); then a key
 //! answered already gives that answer again, to the same submission only
-//! (422 `idempotency_key_reused` for another); then the sensitive-word
-//! policy (422 or masked), the idempotency key's reservation, delivery. A
+//! (422 `idempotency_key_reused` for another); then, with a closed catalog,
+//! the course (422 `unknown_course`, or 503 `catalog_unavailable` when no
+//! catalog was ever read); then the sensitive-word policy (422 or masked),
+//! the idempotency key's reservation, delivery. A
 //! request without a valid token is answered 401 before the rate limits
 //! count it: a token is cheap to check.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::auth::Role;
@@ -29,6 +29,7 @@ use shared::event::FeedbackSubmitted;
 use shared::http::ApiError;
 use shared::metrics::names;
 
+use crate::catalog::Lookup;
 use crate::filter::{Filtered, Policy};
 use crate::idempotency::{self, Claim};
 use crate::pipeline::Outcome;
@@ -46,6 +47,9 @@ pub struct Answer {
     pub feedback_id: String,
     /// `accepted` (Kafka has it) or `spooled` (on disk, delivered later).
     pub status: Outcome,
+    /// Words of the comment were masked: the form tells the student, and the
+    /// comment waits for an admin's review.
+    pub flagged: bool,
 }
 
 /// The validated content of a submission.
@@ -80,8 +84,8 @@ pub async fn submit(
             .per_student
             .check(&student.as_str().to_owned())?;
     }
-    require_json(&headers)?;
-    let bytes = read_body(&headers, body).await?;
+    shared::http::body::require_media_type(&headers, "application/json")?;
+    let bytes = shared::http::body::read_limited(&headers, body, MAX_BODY_BYTES).await?;
     let mut submission = parse(&bytes)?;
     // With a key, the id is what the client sent, the same on every replica.
     let feedback_id = match &idempotency_key {
@@ -93,7 +97,9 @@ pub async fn submit(
     if let Some(answered) = answered {
         return Ok((StatusCode::ACCEPTED, Json(answered.replay(&feedback_id)?)));
     }
-    submission.comment = apply_policy(&state, submission.comment)?;
+    require_listed(&state, &submission.course_id)?;
+    let (comment, flagged) = apply_policy(&state, submission.comment)?;
+    submission.comment = comment;
 
     let mut event = FeedbackSubmitted::new(
         submission.course_id,
@@ -102,21 +108,21 @@ pub async fn submit(
         submission.comment,
     );
     event.feedback_id = feedback_id;
+    event.flagged = flagged;
     let record = KafkaRecord::of_event(&event, request_id(&headers), traceparent(&headers));
     let feedback_id = event.feedback_id.to_string();
 
-    let answer =
-        match idempotency_key {
-            None => deliver(&state, record, feedback_id).await?,
-            // A task of its own: a client hanging up drops this handler, and a
-            // reservation dropped half-way would answer every retry of the key
-            // with 409 until the process restarts.
-            Some(key) => tokio::spawn(async move {
-                idempotent(&state, &student, &key, record, feedback_id).await
-            })
-            .await
-            .map_err(ApiError::internal)??,
-        };
+    let answer = match idempotency_key {
+        None => deliver(&state, record, feedback_id, flagged).await?,
+        // A task of its own: a client hanging up drops this handler, and a
+        // reservation dropped half-way would answer every retry of the key
+        // with 409 until the process restarts.
+        Some(key) => tokio::spawn(async move {
+            idempotent(&state, &student, &key, record, feedback_id, flagged).await
+        })
+        .await
+        .map_err(ApiError::internal)??,
+    };
     tracing::debug!(feedback_id = %answer.feedback_id, status = ?answer.status, "feedback taken");
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
@@ -153,6 +159,7 @@ async fn idempotent(
     key: &str,
     record: KafkaRecord,
     feedback_id: String,
+    flagged: bool,
 ) -> Result<Answer, ApiError> {
     match state
         .idempotency
@@ -163,12 +170,12 @@ async fn idempotent(
         Claim::Unguarded {
             record,
             feedback_id,
-        } => deliver(state, record, feedback_id).await,
+        } => deliver(state, record, feedback_id, flagged).await,
         Claim::Submit {
             key,
             record,
             feedback_id,
-        } => match deliver(state, record, feedback_id).await {
+        } => match deliver(state, record, feedback_id, flagged).await {
             Ok(answer) => {
                 state.idempotency.finish(key, &answer).await;
                 Ok(answer)
@@ -185,11 +192,13 @@ async fn deliver(
     state: &AppState,
     record: KafkaRecord,
     feedback_id: String,
+    flagged: bool,
 ) -> Result<Answer, ApiError> {
     match state.pipeline.submit(record).await {
         Ok(status) => Ok(Answer {
             feedback_id,
             status,
+            flagged,
         }),
         Err(err) => {
             tracing::error!(%err, "submission refused: neither Kafka nor the spool can take it");
@@ -202,100 +211,9 @@ async fn deliver(
     }
 }
 
-/// `application/json`, with no charset or `charset=utf-8` (JSON is UTF-8,
-/// RFC 8259; a body declared as Latin-1 or UTF-16 is not one this reads).
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let mut parts = value.split(';');
-    let mime = parts.next().unwrap_or_default();
-    let charset_ok = parts.all(|param| match param.split_once('=') {
-        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
-            let charset = charset.trim().trim_matches('"');
-            charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
-        }
-        _ => true,
-    });
-    let is_json = mime.trim().eq_ignore_ascii_case("application/json") && charset_ok;
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json (in UTF-8)",
-        ))
-    }
-}
-
-/// The body is left (partly) unread, so the connection cannot carry another
-/// request: `Connection: close` tells a keep-alive client to open a new one
-/// rather than write its next request into a connection being closed.
-fn too_large() -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-    )
-    .with_header(header::CONNECTION, "close")
-}
-
-/// How long a body may take to arrive: 16 KiB at well under 2 KB/s. A
-/// client that stops half-way would otherwise hold its connection and this
-/// handler for good.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads at most [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`]; a larger
-/// declared length is refused unread.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the body did not arrive within {} s",
-                BODY_READ_TIMEOUT.as_secs()
-            ),
-        )
-        .with_header(header::CONNECTION, "close"));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Err(_) => Err(ApiError::bad_request(
-            "invalid_body",
-            "the request body could not be read",
-        )),
-    }
-}
-
 /// Parses the body into a [`Submission`], with the contract's status per fault.
 pub fn parse(bytes: &[u8]) -> Result<Submission, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
+    let fields = shared::http::body::json_object(bytes)?;
     let wrong_type = |field: &'static str, wanted: &str| {
         ApiError::bad_request("invalid_type", format!("{field} must be {wanted}")).with_field(field)
     };
@@ -354,12 +272,44 @@ pub fn parse(bytes: &[u8]) -> Result<Submission, ApiError> {
     })
 }
 
-fn apply_policy(state: &AppState, comment: Option<Comment>) -> Result<Option<Comment>, ApiError> {
+/// With a closed catalog, the course must be in it. A catalog never read
+/// is the service's fault, not the student's: 503, to retry, rather than a
+/// 422 telling them their course does not exist.
+fn require_listed(state: &AppState, course_id: &CourseId) -> Result<(), ApiError> {
+    let refused = |reason: &'static str| {
+        metrics::counter!(names::INGEST_CATALOG_REFUSED_TOTAL, "reason" => reason).increment(1);
+    };
+    match state.catalog.lookup(course_id) {
+        Lookup::Listed => Ok(()),
+        Lookup::Unknown => {
+            refused("unknown_course");
+            Err(ApiError::unprocessable(
+                "unknown_course",
+                format!("course {} is not in the catalog", course_id.as_str()),
+            )
+            .with_field("course_id"))
+        }
+        Lookup::Unavailable => {
+            refused("unavailable");
+            Err(ApiError::unavailable(
+                "catalog_unavailable",
+                "the course catalog is not available yet; please retry shortly",
+                10,
+            ))
+        }
+    }
+}
+
+/// The comment as the policy leaves it, and whether words of it were masked.
+fn apply_policy(
+    state: &AppState,
+    comment: Option<Comment>,
+) -> Result<(Option<Comment>, bool), ApiError> {
     let Some(comment) = comment else {
-        return Ok(None);
+        return Ok((None, false));
     };
     match (state.filter.check(comment.as_str()), state.policy) {
-        (Filtered::Clean, _) => Ok(Some(comment)),
+        (Filtered::Clean, _) => Ok((Some(comment), false)),
         (Filtered::Masked(_), Policy::Reject) => {
             metrics::counter!(names::INGEST_SENSITIVE_TOTAL, "action" => "rejected").increment(1);
             Err(ApiError::unprocessable(
@@ -372,7 +322,7 @@ fn apply_policy(state: &AppState, comment: Option<Comment>) -> Result<Option<Com
             metrics::counter!(names::INGEST_SENSITIVE_TOTAL, "action" => "masked").increment(1);
             // Masking keeps the character count, so the masked text is still a valid comment.
             Comment::parse(masked)
-                .map(Some)
+                .map(|masked| (Some(masked), true))
                 .map_err(|e| ApiError::unprocessable("invalid_value", e.0).with_field("comment"))
         }
     }

@@ -94,6 +94,10 @@ pub struct Entry {
     /// submission matches: those are given their answer as they always were.
     #[serde(default)]
     keyed: bool,
+    /// The answer said the comment was masked. Entries of earlier builds,
+    /// which did not say, read as not.
+    #[serde(default)]
+    flagged: bool,
 }
 
 impl Entry {
@@ -102,6 +106,7 @@ impl Entry {
         self.status.map(|status| Answer {
             feedback_id: self.feedback_id.clone(),
             status,
+            flagged: self.flagged,
         })
     }
 
@@ -269,6 +274,7 @@ impl Idempotency {
             boot: self.boot.clone(),
             record: Some(record.clone()),
             keyed: true,
+            flagged: false,
         };
         loop {
             let read = match self.entries.get(&key).await {
@@ -356,6 +362,7 @@ impl Idempotency {
             boot: self.boot.clone(),
             record: None,
             keyed: reserved.keyed,
+            flagged: answer.flagged,
         };
         if let Err(err) = self.entries.put(reserved.key, &entry).await {
             tracing::error!(%err, "could not store an idempotency answer");
@@ -502,6 +509,7 @@ mod tests {
         let answer = Answer {
             feedback_id,
             status: Outcome::Accepted,
+            flagged: true,
         };
         second.finish(key, &answer).await;
         let Claim::Replay(replayed) = second
@@ -557,6 +565,7 @@ mod tests {
         let answer = Answer {
             feedback_id,
             status: Outcome::Spooled,
+            flagged: false,
         };
         idem.finish(key, &answer).await;
         // Its answer keeps saying so: a retry deriving its own id gets it.
@@ -580,6 +589,7 @@ mod tests {
             &Answer {
                 feedback_id: id(1),
                 status: Outcome::Accepted,
+                flagged: false,
             },
         )
         .await;
@@ -612,25 +622,31 @@ mod tests {
                 traceparent: None,
             }),
             keyed: true,
+            flagged: false,
         };
         let json = concat!(
             r#"{"feedback_id":"ID1","status":null,"created_at":1700000000,"boot":"B","#,
-            r#""record":{"key":"C1","payload":[123,125],"request_id":"r"},"keyed":true}"#
+            r#""record":{"key":"C1","payload":[123,125],"request_id":"r"},"keyed":true,"flagged":false}"#
         );
         assert_eq!(serde_json::to_string(&pending).unwrap(), json);
         let answered = Entry {
             status: Some(Outcome::Spooled),
             record: None,
+            flagged: true,
             ..pending
         };
-        let json = r#"{"feedback_id":"ID1","status":"spooled","created_at":1700000000,"boot":"B","record":null,"keyed":true}"#;
+        let json = r#"{"feedback_id":"ID1","status":"spooled","created_at":1700000000,"boot":"B","record":null,"keyed":true,"flagged":true}"#;
         assert_eq!(serde_json::to_string(&answered).unwrap(), json);
         let read: Entry = serde_json::from_str(json).unwrap();
-        assert_eq!(read.answer().map(|a| a.status), Some(Outcome::Spooled));
+        assert_eq!(
+            read.answer().map(|a| (a.status, a.flagged)),
+            Some((Outcome::Spooled, true))
+        );
         assert!(read.keyed && !read.is_for("ID2"));
         // As an earlier build wrote it: no `keyed`, a random id.
         let earlier = r#"{"feedback_id":"ID1","status":"spooled","created_at":1700000000,"boot":"B","record":null}"#;
         let read: Entry = serde_json::from_str(earlier).unwrap();
         assert!(!read.keyed && read.is_for("ID2"));
+        assert_eq!(read.answer().map(|a| a.flagged), Some(false));
     }
 }

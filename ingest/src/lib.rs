@@ -3,7 +3,9 @@
 //! Flow of one submission (`feedback.rs`, which also holds the `202`
 //! reply): rate limits (`limits.rs`, per client address as `client_addr.rs`
 //! finds it), the student's JWT (`shared::auth`), parsing into
-//! `CourseId`/`Rating`/`Comment`, the sensitive-word policy (`filter.rs`), the
+//! `CourseId`/`Rating`/`Comment`, with `FEEDBACK_CATALOG=closed` the course
+//! looked up in the catalog held in memory (`catalog.rs`, read from MySQL in
+//! the background), the sensitive-word policy (`filter.rs`), the
 //! optional `Idempotency-Key` (`idempotency.rs`), then the event becomes one
 //! `KafkaRecord` (`record.rs`) and `pipeline.rs` produces it to Kafka keyed by
 //! `course_id`, answering `202 accepted` once the broker acknowledged.
@@ -18,11 +20,17 @@
 //! idempotency entries live in the same database, reached only through
 //! `spool/idempotency_entries.rs`, so they survive a restart too.
 //!
+//! A closed catalog keeps the courses it last read while MySQL is down, and
+//! across restarts through its copy in the spool's database; only one never
+//! read answers 503 (and `/readyz` says so). In either mode ingest also
+//! answers `GET /v1/catalog` from it, as query does, for the form it serves.
+//!
 //! Records that no longer decode are moved aside, not replayed.
 //! `ingest spool status|verify|export|replay` (`spool_tools.rs`, through
 //! `spool/files.rs`) let an operator look at a stopped ingest's spool, the
 //! moved-aside records included, and replay it by hand.
 
+pub mod catalog;
 pub mod client_addr;
 pub mod config;
 pub mod feedback;
@@ -45,6 +53,7 @@ use axum::Router;
 use shared::shutdown::Stop;
 use tokio::net::TcpListener;
 
+use catalog::{Catalog, Refresher};
 pub use config::Config;
 use filter::{Policy, SensitiveFilter};
 use idempotency::Idempotency;
@@ -70,12 +79,17 @@ pub struct AppState {
     pub policy: Policy,
     pub pipeline: Arc<Pipeline>,
     pub idempotency: Arc<Idempotency>,
+    /// The courses a submission may name (every valid one when open).
+    pub catalog: Arc<Catalog>,
 }
 
 /// A built ingest: listener bound, spool open, producer created.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Reads the catalog from MySQL while ingest runs (none only when an
+    /// open ingest's `FEEDBACK_MYSQL_URL` cannot be used at all).
+    refresher: Option<Refresher>,
 }
 
 impl Application {
@@ -111,6 +125,7 @@ impl Application {
             config.idempotency_ttl,
         ));
         idempotency.spawn_pruner(Duration::from_secs(600));
+        let (catalog, refresher) = load_catalog(&config.catalog, &spool).await?;
         let auth = Authenticator::new(&config.auth)?;
         let state = AppState {
             form: Arc::new(Page::new(include_str!("form.html"), &auth)),
@@ -122,9 +137,14 @@ impl Application {
             policy: config.sensitive_policy,
             pipeline,
             idempotency,
+            catalog,
         };
         let listener = shared::http::bind(&config.addr).await?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            refresher,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -143,7 +163,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            refresher,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, topic = state.pipeline.topic(), "ingest listening");
         let pipeline = state.pipeline.clone();
         spawn_topic_creation(
@@ -153,6 +177,7 @@ impl Application {
 
         let stop = Stop::new();
         let drainer = tokio::spawn(pipeline.clone().drain(stop.wait()));
+        let refresher = refresher.map(|refresher| tokio::spawn(refresher.run(stop.wait())));
         // A store that cannot be opened again stops ingest as a signal
         // would, and the exit code tells the supervisor to restart it.
         let store = pipeline.spool.health().clone();
@@ -174,12 +199,58 @@ impl Application {
             }
         }
         let _ = drainer.await;
+        if let Some(refresher) = refresher {
+            let _ = refresher.await;
+        }
         pipeline.close(Duration::from_secs(2)).await;
         if let Some(reason) = gave_up.get() {
             anyhow::bail!("{reason}: stopping for the supervisor to restart ingest");
         }
         tracing::info!("ingest stopped");
         Ok(())
+    }
+}
+
+/// The catalog and its refresher, in either mode: the copy on disk is
+/// loaded before ingest serves, so a restart while MySQL is down still
+/// knows the courses (to check, when closed; to list, always).
+async fn load_catalog(
+    settings: &catalog::Settings,
+    spool: &Spool,
+) -> anyhow::Result<(Arc<Catalog>, Option<Refresher>)> {
+    let open = settings.mode == catalog::Mode::Open;
+    let copy = spool.catalog_copy();
+    let saved = match copy.load().await {
+        Ok(saved) => saved,
+        Err(err) => {
+            tracing::warn!(%err, "the catalog's copy on disk could not be read; waiting for MySQL");
+            None
+        }
+    };
+    match &saved {
+        Some(saved) => {
+            tracing::info!(courses = saved.courses.len(), learned_at = %saved.learned_at, "catalog loaded from disk")
+        }
+        None if open => {
+            tracing::info!("no catalog on disk: the course list is empty until a read from MySQL")
+        }
+        None => {
+            tracing::info!("no catalog on disk: submissions wait for the first read from MySQL")
+        }
+    }
+    let catalog = Arc::new(Catalog::new(settings.mode, saved));
+    match Refresher::new(catalog.clone(), &settings.mysql_url, copy, settings.refresh) {
+        Ok(refresher) => Ok((catalog, Some(refresher))),
+        // Open, the list is a convenience: a URL that cannot work leaves it
+        // as on disk rather than stopping ingest (closed mode checked the
+        // URL when it read the settings).
+        Err(err) if open => {
+            let error = format!("{err:#}");
+            tracing::warn!(%error, "FEEDBACK_MYSQL_URL is not usable: the course list is not read from MySQL");
+            catalog.failed(error);
+            Ok((catalog, None))
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -233,6 +304,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { pages::style(include_str!("form.css")) }),
         )
         .route("/oidc.js", get(|| async { pages::script(pages::OIDC_JS) }))
+        .route("/v1/catalog", get(catalog_list))
         .route("/readyz", get(readyz))
         .merge(shared::http::health_routes())
         // The submission reads its body itself, within its own size and time limits.
@@ -244,12 +316,21 @@ async fn form(State(state): State<AppState>) -> Response {
     state.form.response()
 }
 
-/// 200 while a submission can be taken (Kafka, or room in the spool); each part's state.
+/// `GET /v1/catalog`, no token: query's answer, from ingest's own catalog,
+/// so the form lists the courses when ingest is reached without the front
+/// door (which sends this path to query).
+async fn catalog_list(State(state): State<AppState>) -> Response {
+    state.catalog.public_list()
+}
+
+/// 200 while a submission can be taken (Kafka, or room in the spool; and
+/// with a closed catalog, one read at least once); each part's state.
 async fn readyz(State(state): State<AppState>) -> Response {
     let pipeline = &state.pipeline;
     let breaker = pipeline.breaker.state();
     let spool = &pipeline.spool;
-    let ready = pipeline.breaker.is_closed() || spool.has_capacity();
+    let (catalog_ready, catalog) = state.catalog.readiness();
+    let ready = (pipeline.breaker.is_closed() || spool.has_capacity()) && catalog_ready;
     let store = spool.health();
     let failure = store.last_failure();
     shared::http::readiness(
@@ -275,6 +356,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             // provider is down, and a replica taken out for it would only
             // turn a partial outage into a whole one.
             "identity": state.auth.readiness(),
+            "catalog": catalog,
         }),
     )
     .into_response()

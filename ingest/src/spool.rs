@@ -1,6 +1,7 @@
 //! The sled disk spool: the Kafka records waiting for the broker, in the
 //! order they were accepted, and (in the same database, so one sync covers
-//! both) the idempotency entries, typed in `spool/idempotency_entries.rs`.
+//! both) the idempotency entries, typed in `spool/idempotency_entries.rs`,
+//! and the last known course catalog (`spool/catalog_copy.rs`).
 //!
 //! Every call on sled goes through the store's own thread (`spool/store.rs`),
 //! which shares one flush among concurrent durable writes (group commit),
@@ -8,6 +9,7 @@
 //! error. The spool is bounded in bytes on disk; a full spool refuses, it
 //! never drops.
 
+mod catalog_copy;
 mod files;
 mod idempotency_entries;
 mod store;
@@ -21,6 +23,7 @@ use anyhow::Context;
 use shared::metrics::names;
 use tokio::sync::Notify;
 
+pub use catalog_copy::CatalogCopy;
 pub use files::SpoolFiles;
 pub use idempotency_entries::{IdempotencyEntries, Snapshot};
 pub use store::Health;
@@ -159,6 +162,11 @@ impl Spool {
     /// The idempotency entries, which share this spool's disk and store.
     pub fn idempotency_entries(&self) -> IdempotencyEntries {
         IdempotencyEntries::new(self.store.clone(), self.counters.clone())
+    }
+
+    /// The last known course catalog's copy, which shares this spool's disk and store.
+    pub fn catalog_copy(&self) -> CatalogCopy {
+        CatalogCopy::new(self.store.clone())
     }
 
     /// The oldest `limit` spooled records, in order, with their sequence

@@ -57,13 +57,13 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!("{}:{}", self.submitted_at_micros, self.feedback_id)
     }
 
     /// `{µs}:{feedback_id}`, within DATETIME's years 1000 to 9999 as every
     /// stored row is, with a 26-character ULID.
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let (micros, id) = text.split_once(':')?;
         let submitted_at_micros: i64 = micros.parse().ok()?;
         let in_range =
@@ -114,11 +114,26 @@ impl CursorKey {
 
     /// The cursor a client gets for `course`.
     pub fn encode(&self, course: &str, cursor: &Cursor) -> String {
-        let text = cursor.text();
-        let tag = self.mac(course, &text).finalize().into_bytes();
-        let mut bytes = text.into_bytes();
+        self.sign(course, &cursor.text())
+    }
+
+    /// `text` with its tag for `scope` (a course, or a list of another kind
+    /// named with a space, which no course id holds), as a client gets it.
+    pub fn sign(&self, scope: &str, text: &str) -> String {
+        let tag = self.mac(scope, text).finalize().into_bytes();
+        let mut bytes = text.as_bytes().to_vec();
         bytes.extend_from_slice(&tag[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The text of `raw` when this service signed it for `scope`.
+    pub fn verify(&self, scope: &str, raw: &str) -> Option<String> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).ok()?;
+        let split = bytes.len().checked_sub(TAG_LEN)?;
+        let (text, tag) = bytes.split_at(split);
+        let text = std::str::from_utf8(text).ok()?;
+        self.mac(scope, text).verify_truncated_left(tag).ok()?;
+        Some(text.to_owned())
     }
 
     /// A cursor this service issued for `course`; 400 `invalid_cursor` otherwise.
@@ -130,14 +145,8 @@ impl CursorKey {
             )
             .with_field("cursor")
         };
-        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
-        let split = bytes.len().checked_sub(TAG_LEN).ok_or_else(invalid)?;
-        let (text, tag) = bytes.split_at(split);
-        let text = std::str::from_utf8(text).map_err(|_| invalid())?;
-        self.mac(course, text)
-            .verify_truncated_left(tag)
-            .map_err(|_| invalid())?;
-        Cursor::parse(text).ok_or_else(invalid)
+        let text = self.verify(course, raw).ok_or_else(invalid)?;
+        Cursor::parse(&text).ok_or_else(invalid)
     }
 }
 
@@ -148,6 +157,11 @@ pub struct Item {
     pub rating: u8,
     pub comment: Option<String>,
     pub submitted_at: String,
+    /// The sensitive-word filter masked words of the comment.
+    pub flagged: bool,
+    /// An admin hid it: listed only when an admin asks `include_hidden=true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
     #[serde(skip)]
     pub submitted_at_micros: i64,
 }
@@ -169,38 +183,52 @@ impl Item {
 /// `feedback_id` as well, so scanning it backwards from the cursor yields
 /// `(submitted_at, feedback_id)` descending without a sort. Each entry is kept
 /// when `current_responses` names it as its student's current response (a
-/// primary-key lookup), so a superseded submission is stepped over.
-pub fn page_sql(with_cursor: bool) -> String {
+/// primary-key lookup), so a superseded submission is stepped over. Its
+/// moderation state is one more primary-key lookup (most entries have none);
+/// a hidden one is stepped over the same way unless `include_hidden`, so a
+/// page still holds `limit` rows when there are that many to show.
+pub fn page_sql(with_cursor: bool, include_hidden: bool) -> String {
     format!(
-        "SELECT e.feedback_id, e.rating, e.comment, {}
+        "SELECT e.feedback_id, e.rating, e.comment, {}, COALESCE(m.flagged, 0), COALESCE(m.hidden, 0)
          FROM feedback_events e FORCE INDEX (idx_events_course_submitted)
          STRAIGHT_JOIN current_responses c
            ON c.course_id = e.course_id AND c.student_key = e.student_key AND c.feedback_id = e.feedback_id
-         WHERE e.course_id = ? {}
+         LEFT JOIN comment_moderation m ON m.feedback_id = e.feedback_id
+         WHERE e.course_id = ? {} {}
          ORDER BY e.submitted_at DESC, e.feedback_id DESC LIMIT ?",
         shared::mysql::micros("e.submitted_at"),
         if with_cursor {
             "AND (e.submitted_at < ? OR (e.submitted_at = ? AND e.feedback_id < ?))"
         } else {
             ""
+        },
+        if include_hidden {
+            ""
+        } else {
+            "AND (m.hidden IS NULL OR m.hidden = 0)"
         }
     )
 }
 
-/// Up to `limit` current responses of `course_id` older than `after`, newest first.
+/// Up to `limit` current responses of `course_id` older than `after`,
+/// newest first; hidden ones only when `include_hidden`.
 pub async fn page<Q: Queryable>(
     conn: &mut Q,
     course_id: &str,
     after: Option<&Cursor>,
     limit: u32,
+    include_hidden: bool,
 ) -> mysql_async::Result<Vec<Item>> {
-    let rows: Vec<(String, u8, Option<String>, i64)> = match after {
-        None => conn.exec(page_sql(false), (course_id, limit)).await?,
+    let rows: Vec<(String, u8, Option<String>, i64, u8, u8)> = match after {
+        None => {
+            conn.exec(page_sql(false, include_hidden), (course_id, limit))
+                .await?
+        }
         Some(cursor) => {
             let at =
                 shared::mysql::datetime(shared::mysql::from_micros(cursor.submitted_at_micros));
             conn.exec(
-                page_sql(true),
+                page_sql(true, include_hidden),
                 (course_id, &at, &at, &cursor.feedback_id, limit),
             )
             .await?
@@ -208,13 +236,17 @@ pub async fn page<Q: Queryable>(
     };
     Ok(rows
         .into_iter()
-        .map(|(feedback_id, rating, comment, micros)| Item {
-            feedback_id,
-            rating,
-            comment,
-            submitted_at: time_fmt::rfc3339(micros),
-            submitted_at_micros: micros,
-        })
+        .map(
+            |(feedback_id, rating, comment, micros, flagged, hidden)| Item {
+                feedback_id,
+                rating,
+                comment,
+                submitted_at: time_fmt::rfc3339(micros),
+                flagged: flagged != 0,
+                hidden: hidden != 0,
+                submitted_at_micros: micros,
+            },
+        )
         .collect())
 }
 
@@ -223,6 +255,8 @@ pub struct PageBody {
     pub items: Vec<Item>,
     /// `null` on the last page.
     pub next_cursor: Option<String>,
+    /// Below the anonymity threshold for this instructor: no items.
+    pub withheld: bool,
 }
 
 pub async fn list(
@@ -234,16 +268,31 @@ pub async fn list(
     reader.may_read(course.as_str())?;
     let params = Params::parse(query)?;
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let include_hidden = crate::moderation::include_hidden(&params, &reader)?;
     let after = params
         .get("cursor")
         .map(|raw| state.cursors.decode(course.as_str(), raw))
         .transpose()?;
+    if reader.withheld(&state, &course).await? {
+        return Ok(Json(PageBody {
+            items: Vec::new(),
+            next_cursor: None,
+            withheld: true,
+        }));
+    }
     let db = &state.db;
     // One row beyond the page says whether another page follows.
     let mut items = db
         .within(async {
             let mut conn = db.conn().await?;
-            Ok(page(&mut conn, course.as_str(), after.as_ref(), limit + 1).await?)
+            Ok(page(
+                &mut conn,
+                course.as_str(),
+                after.as_ref(),
+                limit + 1,
+                include_hidden,
+            )
+            .await?)
         })
         .await?;
     let next_cursor = if items.len() > limit as usize {
@@ -254,7 +303,11 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(PageBody { items, next_cursor }))
+    Ok(Json(PageBody {
+        items,
+        next_cursor,
+        withheld: false,
+    }))
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use shared::env::{parse_or, var, var_or};
 
+/// The highest anonymity threshold taken: a typo such as `50000` would
+/// otherwise withhold every course without a word.
+pub const MAX_MIN_RESPONSES: u32 = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `FEEDBACK_QUERY_ADDR`
@@ -33,6 +37,9 @@ pub struct Config {
     /// waits for a client that stopped reading before cutting it off (it holds
     /// a MySQL connection and a snapshot meanwhile).
     pub export_stall: Duration,
+    /// `FEEDBACK_MIN_RESPONSES` (default 5; 1 turns it off): below this many
+    /// current responses a course is withheld from its instructors.
+    pub min_responses: u32,
 }
 
 impl Config {
@@ -42,6 +49,11 @@ impl Config {
         anyhow::ensure!(
             (1_000..=600_000).contains(&export_stall_ms),
             "FEEDBACK_QUERY_EXPORT_STALL_MS must be 1000 to 600000 (10 minutes)"
+        );
+        let min_responses: u32 = parse_or("FEEDBACK_MIN_RESPONSES", 5)?;
+        anyhow::ensure!(
+            (1..=MAX_MIN_RESPONSES).contains(&min_responses),
+            "FEEDBACK_MIN_RESPONSES must be 1 (no threshold) to {MAX_MIN_RESPONSES}"
         );
         Ok(Self {
             addr: var_or("FEEDBACK_QUERY_ADDR", "127.0.0.1:8082"),
@@ -58,6 +70,7 @@ impl Config {
                 3000,
             )?),
             export_stall: Duration::from_millis(export_stall_ms),
+            min_responses,
         })
     }
 

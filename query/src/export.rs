@@ -52,6 +52,17 @@ pub async fn csv(
     CoursePath(course): CoursePath,
 ) -> Result<Response, ApiError> {
     reader.may_read(course.as_str())?;
+    let disposition = format!("attachment; filename=\"{course}-feedback.csv\"");
+    let headers = [
+        (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+        (header::CONTENT_DISPOSITION, disposition),
+        (header::CACHE_CONTROL, "no-store".to_owned()),
+    ];
+    if reader.withheld(&state, &course).await? {
+        // Below the anonymity threshold: the header row alone.
+        let only_header = encode(true, &[]).map_err(ApiError::internal)?;
+        return Ok((headers, only_header).into_response());
+    }
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     // Set when the producer gave up on a stalled or too slow client: the end
     // of its chunks is then a cut, not the end of the file.
@@ -84,16 +95,7 @@ pub async fn csv(
         }
     });
     let body = futures::stream::once(async { Ok(first) }).chain(rest);
-    let disposition = format!("attachment; filename=\"{course}-feedback.csv\"");
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, disposition),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
+    Ok((headers, Body::from_stream(body)).into_response())
 }
 
 /// Reads the course page by page in one snapshot and sends each page as CSV.
@@ -130,7 +132,10 @@ async fn produce_pages(
     let deadline = tokio::time::Instant::now() + EXPORT_LIMIT;
     loop {
         let rows = db
-            .within(async { Ok(page(&mut snapshot, course, after.as_ref(), PAGE_ROWS).await?) })
+            // Hidden comments are left out: the file has no column to mark them.
+            .within(async {
+                Ok(page(&mut snapshot, course, after.as_ref(), PAGE_ROWS, false).await?)
+            })
             .await?;
         if rows.is_empty() && !first {
             // The last page was full: nothing more to send.
@@ -202,6 +207,8 @@ mod tests {
             rating,
             comment: comment.map(Into::into),
             submitted_at: "2026-11-01T10:00:00Z".into(),
+            flagged: false,
+            hidden: false,
             submitted_at_micros: 0,
         }
     }

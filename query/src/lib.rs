@@ -9,7 +9,9 @@
 //!   graceful shutdown.
 //! - `params.rs`: path and query parameters into the contract's 400/422
 //!   (the `{course_id}` segment by the `CoursePath` extractor).
-//!   Every `/v1` route takes the admin's JWT (`shared::auth::Admin`) first.
+//!   Every `/v1` read takes an instructor's or an admin's JWT first
+//!   (`access.rs`: an instructor reads the courses the catalog lists them
+//!   for, withheld below `FEEDBACK_MIN_RESPONSES`).
 //! - `stats.rs` → `stats_cache.rs` → `redis_guard.rs`: stats from the Redis hash
 //!   `feedback:course:{<course_id>}` (one HMGET); on a miss from MySQL's
 //!   `course_stats`, filling Redis with the version-guarded fill and a
@@ -17,9 +19,14 @@
 //! - `comments.rs` (keyset pages of current responses, along the history's
 //!   `(course_id, submitted_at)` index), `export.rs` (the same
 //!   as streamed CSV), `trend.rs` (per day or week), `courses.rs` (most responses first).
+//! - `moderation.rs`: admins' queue of flagged comments, hide and unhide
+//!   (written to the primary with their audit row), and the audit log.
 //! - `read_model.rs`: the MySQL tables these read (a replica when one is
 //!   set), every read under a time budget; a failed one answers 503.
 //! - `warm.rs`: the pre-warm at start and `query rebuild-cache`.
+//! - `catalog/`: the course catalog, written by admins (`PUT
+//!   /v1/courses/{course_id}`, a CSV to `POST /v1/catalog`), listed publicly
+//!   (`GET /v1/catalog`), and held in memory, refreshed every 2 s.
 //! - `admin.html`: the dashboard at `/admin`, self-contained.
 //!
 //! Failure modes:
@@ -36,10 +43,12 @@
 //!   finds the gap and deletes the hash, so it heals on the next change.
 
 pub mod access;
+pub mod catalog;
 pub mod comments;
 pub mod config;
 pub mod courses;
 pub mod export;
+pub mod moderation;
 pub mod params;
 pub mod read_model;
 pub mod redis_guard;
@@ -57,7 +66,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use shared::auth::Authenticator;
 use shared::breaker::State as BreakerState;
@@ -80,13 +89,24 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// The read pool (a replica when configured).
     pub db: Db,
+    /// The primary, for what query writes (moderation actions); the read
+    /// pool itself when no replica is set.
+    pub primary: Db,
     /// Set once the migrations ran: until then MySQL cannot answer queries.
     pub migrated: Arc<AtomicBool>,
     /// How long a CSV export waits for a client that stopped reading.
     pub export_stall: Duration,
     /// Signs the comment pages' cursors.
     pub cursors: Arc<comments::CursorKey>,
+    /// The course catalog in memory: titles, enrolment, who teaches what.
+    pub catalog: Arc<catalog::Catalog>,
+    /// `FEEDBACK_MIN_RESPONSES`: instructors' anonymity threshold.
+    pub min_responses: u32,
 }
+
+/// The time budget of a catalog write (an import of thousands of courses
+/// is one transaction) and of a catalog load.
+const CATALOG_BUDGET: Duration = Duration::from_secs(30);
 
 /// A built query service: listener bound, pools created (nothing connected yet).
 pub struct Application {
@@ -108,6 +128,10 @@ impl Application {
         ]);
         let auth = Authenticator::new(&config.auth)?;
         let db = Db::new(config.read_url(), config.mysql_timeout)?;
+        let primary = match config.mysql_read_url {
+            Some(_) => Db::new(&config.mysql_url, config.mysql_timeout)?,
+            None => db.clone(),
+        };
         let redis_target =
             shared::redis_conn::Target::parse(&config.redis_url, config.redis_cluster)?;
         let redis = Arc::new(GuardedRedis::connect(&redis_target, config.redis_timeout)?);
@@ -119,10 +143,20 @@ impl Application {
             Ttl(config.cache_ttl_secs),
         ));
         let state = AppState {
-            dashboard: Arc::new(Page::new(include_str!("admin.html"), &auth)),
+            // The dashboard names the threshold when it withholds a course.
+            dashboard: Arc::new(Page::new(
+                &include_str!("admin.html").replace(
+                    "{{FEEDBACK_MIN_RESPONSES}}",
+                    &config.min_responses.to_string(),
+                ),
+                &auth,
+            )),
             auth,
             stats,
             db,
+            catalog: Arc::new(catalog::Catalog::new(primary.with_timeout(CATALOG_BUDGET))),
+            min_responses: config.min_responses,
+            primary,
             migrated: Arc::new(AtomicBool::new(false)),
             export_stall: config.export_stall,
             cursors: Arc::new(comments::CursorKey::new()),
@@ -155,7 +189,9 @@ impl Application {
             config,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "query listening");
+        let own_primary = config.mysql_read_url.is_some();
         let start_up = tokio::spawn(prepare(state.clone(), config));
+        let catalog = tokio::spawn(state.catalog.clone().keep_fresh(state.migrated.clone()));
         // A thread per core, each serving its connections (see `serve_on_threads`).
         let threads = shared::http::ConnectionThreads::start(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -164,9 +200,17 @@ impl Application {
             shared::http::serve_on_threads(listener, router(state.clone()), shutdown, &threads)
                 .await;
         start_up.abort();
+        catalog.abort();
         // Before the threads stop: some of the pool's connections are theirs.
         let _ = tokio::time::timeout(Duration::from_secs(2), state.db.pool().clone().disconnect())
             .await;
+        if own_primary {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                state.primary.pool().clone().disconnect(),
+            )
+            .await;
+        }
         drop(threads);
         tracing::info!("query stopped");
         Ok(result?)
@@ -192,6 +236,11 @@ async fn prepare(state: AppState, config: Config) {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(10));
     }
+    // Loaded before query says it is ready: until then an instructor's read
+    // cannot be decided (503). On failure, the refresh loop tries again.
+    if let Err(err) = state.catalog.refresh(true).await {
+        tracing::warn!(%err, "catalog not loaded yet; retrying");
+    }
     state.migrated.store(true, Ordering::Release);
     if config.prewarm_courses == 0 {
         return;
@@ -214,10 +263,22 @@ async fn prepare(state: AppState, config: Config) {
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/v1/courses", get(courses::list))
+        .route("/v1/courses/{course_id}", put(catalog::routes::put))
+        .route(
+            "/v1/catalog",
+            get(catalog::routes::list).post(catalog::routes::import),
+        )
         .route("/v1/courses/{course_id}/stats", get(stats::stats))
         .route("/v1/courses/{course_id}/feedback", get(comments::list))
         .route("/v1/courses/{course_id}/feedback.csv", get(export::csv))
         .route("/v1/courses/{course_id}/trend", get(trend::trend))
+        .route("/v1/moderation", get(moderation::queue))
+        .route("/v1/moderation/log", get(moderation::log))
+        .route("/v1/feedback/{feedback_id}/hide", post(moderation::hide))
+        .route(
+            "/v1/feedback/{feedback_id}/unhide",
+            post(moderation::unhide),
+        )
         .route("/admin", get(admin))
         .route(
             "/admin.js",

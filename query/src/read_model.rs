@@ -91,6 +91,14 @@ impl Db {
         })
     }
 
+    /// The same pool under another time budget (for work longer than a read).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            timeout,
+        }
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

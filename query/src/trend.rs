@@ -161,7 +161,10 @@ pub struct TrendBody {
     pub bucket: Bucket,
     pub from: String,
     pub to: String,
+    /// Empty when withheld.
     pub points: Vec<Point>,
+    /// Below the anonymity threshold for this instructor: no buckets.
+    pub withheld: bool,
 }
 
 pub async fn trend(
@@ -172,6 +175,16 @@ pub async fn trend(
 ) -> Result<Json<TrendBody>, ApiError> {
     reader.may_read(course.as_str())?;
     let range = Range::parse(&Params::parse(query)?, OffsetDateTime::now_utc().date())?;
+    if reader.withheld(&state, &course).await? {
+        return Ok(Json(TrendBody {
+            course_id: course.into(),
+            bucket: range.bucket,
+            from: range.from.to_string(),
+            to: range.to.to_string(),
+            points: Vec::new(),
+            withheld: true,
+        }));
+    }
     let db = &state.db;
     let sql = format!(
         "SELECT {} AS bucket, COUNT(*), CAST(SUM(rating) AS SIGNED) FROM current_responses
@@ -212,6 +225,7 @@ pub async fn trend(
         from: range.from.to_string(),
         to: range.to.to_string(),
         points,
+        withheld: false,
     }))
 }
 

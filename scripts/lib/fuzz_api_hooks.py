@@ -3,7 +3,7 @@
 Three refusals of requests that match schemas/openapi.yaml are the API's,
 not the document's fault, and no JSON Schema can say when they happen:
 - a cursor is any string by its schema, but only one the service issued for
-  that course is taken (400 `invalid_cursor`);
+  that course (or that moderation list) is taken (400 `invalid_cursor`);
 - a trend's `from` may be any date by its schema, but not after `to` nor
   more than 365 days before it, nor may either fall outside MySQL's DATETIME
   years (422 on `from` or `to`);
@@ -24,6 +24,8 @@ import schemathesis
 # one named), and where those are sent.
 DOCUMENTED_REFUSALS = {
     "GET /v1/courses/{course_id}/feedback": (400, "invalid_cursor", {"cursor"}, "query"),
+    "GET /v1/moderation": (400, "invalid_cursor", {"cursor"}, "query"),
+    "GET /v1/moderation/log": (400, "invalid_cursor", {"cursor"}, "query"),
     "GET /v1/courses/{course_id}/trend": (422, "invalid_value", {"from", "to"}, "query"),
     "POST /v1/feedback": (422, "idempotency_key_reused", {"Idempotency-Key"}, "header"),
 }

@@ -32,6 +32,13 @@ pub struct FeedbackSubmitted {
     /// Set by ingest, UTC, truncated to microseconds so MySQL `DATETIME(6)` keeps it exactly.
     #[serde(with = "time::serde::rfc3339")]
     pub submitted_at: OffsetDateTime,
+    /// Ingest masked words of the comment: it waits in the moderation queue.
+    /// Optional on the wire, absent meaning false, and written only when
+    /// true: events of earlier builds still read, and while the aggregators
+    /// of an earlier build run (they refuse unknown fields) only flagged
+    /// events would be dead-lettered, not every one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
 }
 
 /// Why bytes from the topic are not a usable event (the reason goes to the DLQ).
@@ -63,6 +70,7 @@ impl FeedbackSubmitted {
             rating,
             comment,
             submitted_at: now_micros(),
+            flagged: false,
         }
     }
 
@@ -175,6 +183,24 @@ mod tests {
             with("2026-11-01T10:00:00.0000009Z").unwrap().submitted_at,
             with("2026-11-01T10:00:00.0000005Z").unwrap().submitted_at,
             "both are 10:00:00.000000, as MySQL stores them"
+        );
+    }
+
+    #[test]
+    fn flagged_is_written_only_when_true_and_absent_means_false() {
+        let event = sample();
+        let json = serde_json::to_value(&event).unwrap();
+        assert!(json.get("flagged").is_none(), "{json}");
+        assert!(!FeedbackSubmitted::decode(&event.to_json()).unwrap().flagged);
+        let flagged = FeedbackSubmitted {
+            flagged: true,
+            ..sample()
+        };
+        assert_eq!(serde_json::to_value(&flagged).unwrap()["flagged"], true);
+        assert!(
+            FeedbackSubmitted::decode(&flagged.to_json())
+                .unwrap()
+                .flagged
         );
     }
 

@@ -4,6 +4,7 @@
 //! Every 4xx and 5xx is `application/json` with
 //! `{"error": {"code": "snake_case", "message": "...", "field": "rating"}}`.
 
+pub mod body;
 mod layers;
 pub mod pages;
 

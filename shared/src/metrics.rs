@@ -56,6 +56,9 @@ pub mod names {
     pub const INGEST_RATE_LIMIT_KEYS: &str = "ingest_rate_limit_keys";
     pub const INGEST_SENSITIVE_TOTAL: &str = "ingest_sensitive_total";
     pub const INGEST_IDEMPOTENT_REPLAYS_TOTAL: &str = "ingest_idempotent_replays_total";
+    pub const INGEST_CATALOG_COURSES: &str = "ingest_catalog_courses";
+    pub const INGEST_CATALOG_REFRESHES_TOTAL: &str = "ingest_catalog_refreshes_total";
+    pub const INGEST_CATALOG_REFUSED_TOTAL: &str = "ingest_catalog_refused_total";
     // aggregator
     pub const AGGREGATOR_CONSUMER_LAG: &str = "aggregator_consumer_lag";
     pub const AGGREGATOR_BATCH_SIZE: &str = "aggregator_batch_size";
@@ -117,6 +120,9 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (names::INGEST_RATE_LIMIT_KEYS, Kind::Gauge, "Students or addresses the rate limiter tracks, by limit."),
     (names::INGEST_SENSITIVE_TOTAL, Kind::Counter, "Comments with sensitive words, by action (masked or rejected)."),
     (names::INGEST_IDEMPOTENT_REPLAYS_TOTAL, Kind::Counter, "Requests answered again from an earlier answer under the same Idempotency-Key."),
+    (names::INGEST_CATALOG_COURSES, Kind::Gauge, "FEEDBACK_CATALOG=closed: courses in the catalog ingest holds (from MySQL, or its copy on disk)."),
+    (names::INGEST_CATALOG_REFRESHES_TOTAL, Kind::Counter, "FEEDBACK_CATALOG=closed: reads of the catalog from MySQL, by outcome (unchanged, read: the list was read, failed: the courses held stay)."),
+    (names::INGEST_CATALOG_REFUSED_TOTAL, Kind::Counter, "FEEDBACK_CATALOG=closed: submissions refused by the catalog, by reason (unknown_course: 422, unavailable: 503 as no catalog was ever read)."),
     // aggregator
     (names::AGGREGATOR_CONSUMER_LAG, Kind::Gauge, "Messages behind the end of each partition this replica owns (0 for the others)."),
     (names::AGGREGATOR_BATCH_SIZE, Kind::Histogram, "Events in one MySQL transaction."),

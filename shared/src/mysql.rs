@@ -22,6 +22,19 @@ pub const CONSUMER_OFFSETS: &str = "consumer_offsets";
 /// of range), set aside with the reason by the transaction that moved their
 /// offsets past them.
 pub const QUARANTINED_EVENTS: &str = "quarantined_events";
+/// The course catalog, one row per course: its title, term and enrolment.
+/// Query's admin API writes it (touching `updated_at` on every write of the
+/// entry, its instructors included); ingest polls it for a closed catalog.
+pub const COURSES: &str = "courses";
+/// Who teaches each course: the instructors' token subjects, replaced as a
+/// set with their course's entry.
+pub const COURSE_INSTRUCTORS: &str = "course_instructors";
+/// A comment's moderation state, one row per `feedback_id` that has one: the
+/// aggregator adds a flagged one with its event; query's admin actions
+/// hide, unhide and mark it reviewed.
+pub const COMMENT_MODERATION: &str = "comment_moderation";
+/// Every admin action on a comment, appended with the state it changed.
+pub const MODERATION_LOG: &str = "moderation_log";
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS feedback_events (
@@ -82,6 +95,46 @@ const MIGRATIONS: &[&str] = &[
         traceparent VARCHAR(255) NULL,
         quarantined_at DATETIME(6) NOT NULL,
         PRIMARY KEY (topic, kafka_partition, kafka_offset)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    "CREATE TABLE IF NOT EXISTS courses (
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        title VARCHAR(200) NOT NULL,
+        term VARCHAR(64) NULL,
+        enrolled INT UNSIGNED NULL,
+        updated_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (course_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    "CREATE TABLE IF NOT EXISTS course_instructors (
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        sub VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+        PRIMARY KEY (course_id, sub),
+        INDEX idx_instructors_sub (sub)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    // A table of its own rather than columns of the large `feedback_events`
+    // (no ALTER of the history, no wider rows for the listings to read): a
+    // row exists only for a comment flagged or acted on. `submitted_at` is
+    // the event's, so the queue's index serves "flagged, not reviewed,
+    // newest first" by a range scan without a sort.
+    "CREATE TABLE IF NOT EXISTS comment_moderation (
+        feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
+        course_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+        submitted_at DATETIME(6) NOT NULL,
+        flagged TINYINT(1) NOT NULL DEFAULT 0,
+        hidden TINYINT(1) NOT NULL DEFAULT 0,
+        reviewed_at DATETIME(6) NULL,
+        updated_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (feedback_id),
+        INDEX idx_moderation_queue (flagged, reviewed_at, submitted_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    // The audit trail, newest first by `id`. `sub` is the admin's token
+    // subject, any length a token carries.
+    "CREATE TABLE IF NOT EXISTS moderation_log (
+        id BIGINT NOT NULL AUTO_INCREMENT,
+        sub TEXT COLLATE utf8mb4_bin NOT NULL,
+        feedback_id CHAR(26) COLLATE utf8mb4_bin NOT NULL,
+        action VARCHAR(8) NOT NULL,
+        at DATETIME(6) NOT NULL,
+        PRIMARY KEY (id)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
 ];
 

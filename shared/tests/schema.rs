@@ -60,6 +60,7 @@ fn the_schema_rejects_bad_events() {
         ("comment", json!(7)),
         ("submitted_at", json!("yesterday")),
         ("submitted_at", json!("2026-11-23T10:00:00+08:00")),
+        ("flagged", json!("yes")),
     ];
     for (field, value) in cases {
         let mut bad = good.clone();
@@ -75,6 +76,19 @@ fn the_schema_rejects_bad_events() {
     let mut extra = good.clone();
     extra["student_id"] = json!("alice");
     assert!(!validator.is_valid(&extra), "a raw student_id was accepted");
+}
+
+#[test]
+fn a_flagged_event_validates_and_decodes_flagged() {
+    let mut value = event(Some("****"));
+    value["flagged"] = json!(true);
+    assert!(validator().is_valid(&value), "{value}");
+    let decoded = FeedbackSubmitted::decode(value.to_string().as_bytes()).unwrap();
+    assert!(decoded.flagged);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&decoded.to_json()).unwrap(),
+        value
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub fn config(topic: &str, spool_dir: PathBuf) -> Config {
         sensitive_policy: Policy::Mask,
         delivery_timeout: Duration::from_secs(5),
         idempotency_ttl: Duration::from_secs(86_400),
+        catalog: Default::default(),
     }
 }
 

@@ -41,6 +41,7 @@ pub fn config(mysql_url: &str, redis_url: &str) -> Config {
         redis_timeout: Duration::from_millis(250),
         mysql_timeout: Duration::from_secs(3),
         export_stall: Duration::from_secs(60),
+        min_responses: 5,
     }
 }
 

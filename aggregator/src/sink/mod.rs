@@ -5,7 +5,9 @@
 //!    (`stats.rs`);
 //! 2. append the events to `feedback_events` in multi-row `INSERT`s of up to
 //!    100 rows; a `feedback_id` already there (a replayed spool, a retried
-//!    produce) is a duplicate and changes nothing else (`history.rs`);
+//!    produce) is a duplicate and changes nothing else (`history.rs`); the
+//!    flagged ones among those appended enter the moderation queue
+//!    (`moderation.rs`);
 //! 3. read the batch's rows of `current_responses`, without locking them
 //!    (`current.rs` says why), apply the counting rule to them
 //!    (`counting.rs`) and write the new winners;
@@ -34,6 +36,7 @@
 
 mod current;
 mod history;
+mod moderation;
 mod offsets;
 mod quarantine;
 pub mod refusal;
@@ -206,6 +209,7 @@ async fn commit_as(
         }
     };
     let new = history::append(&mut tx, &unapplied(events, &recorded), now_at).await?;
+    moderation::flag(&mut tx, &new, &now).await?;
     steps.lap("history");
 
     let existing = current::read(&mut tx, &new).await?;

@@ -3,6 +3,7 @@
 //! test here sees the shared broker go away.
 
 mod api;
+mod catalog;
 mod connections;
 mod idempotency;
 mod spool;

@@ -89,8 +89,8 @@ async fn admin_routes_take_admins_only_401_for_missing_expired_or_bad_tokens_and
     query.shutdown().await;
 }
 
-/// Until the catalog lists their courses, an instructor owns none: each
-/// course is a clear 403 and the list is empty, however much feedback there is.
+/// An instructor the catalog lists for no course owns none: each course is
+/// a clear 403 and the list is empty, however much feedback there is.
 #[tokio::test]
 async fn an_instructor_reads_no_course_yet_and_is_told_so() {
     let query = TestQuery::spawn().await;
@@ -157,7 +157,7 @@ async fn the_course_list_puts_the_most_responses_first() {
     assert_eq!(ids, ["TOP-A", "TOP-B", "MID", "LOW"]);
     assert_eq!(
         list["items"][0],
-        serde_json::json!({"course_id": "TOP-A", "responses": 9, "average": 1.0, "updated_at": "2026-11-01T10:00:00.123456Z"})
+        serde_json::json!({"course_id": "TOP-A", "title": null, "responses": 9, "average": 1.0, "withheld": false, "updated_at": "2026-11-01T10:00:00.123456Z"})
     );
     let two = query.json("/v1/courses?limit=2").await;
     assert_eq!(two["items"].as_array().unwrap().len(), 2);

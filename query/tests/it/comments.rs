@@ -86,7 +86,13 @@ async fn paging_with_the_cursor_yields_every_current_response_exactly_once_newes
                 .collect();
             assert_eq!(
                 keys,
-                HashSet::from(["feedback_id", "rating", "comment", "submitted_at"])
+                HashSet::from([
+                    "feedback_id",
+                    "rating",
+                    "comment",
+                    "submitted_at",
+                    "flagged"
+                ])
             );
             seen.push(item["feedback_id"].as_str().unwrap().to_owned());
         }
@@ -136,7 +142,10 @@ async fn items_carry_rating_comment_and_rfc3339_time_and_the_default_page_is_50(
     assert_eq!(items[0]["submitted_at"], "2026-12-24T18:30:05.000042Z");
 
     let empty = query.json("/v1/courses/NOBODY/feedback").await;
-    assert_eq!(empty, serde_json::json!({"items": [], "next_cursor": null}));
+    assert_eq!(
+        empty,
+        serde_json::json!({"items": [], "next_cursor": null, "withheld": false})
+    );
     query.shutdown().await;
 }
 
@@ -160,7 +169,7 @@ async fn a_cursor_query_is_an_index_range_scan_without_a_sort() {
         .unwrap();
     let plan: Vec<mysql_async::Row> = conn
         .exec(
-            format!("EXPLAIN {}", ::query::comments::page_sql(true)),
+            format!("EXPLAIN {}", ::query::comments::page_sql(true, false)),
             (
                 "PLAN",
                 "2026-11-01 01:00:00",
@@ -180,6 +189,13 @@ async fn a_cursor_query_is_an_index_range_scan_without_a_sort() {
     );
     let current_key: Option<String> = plan[1].get("key");
     assert_eq!(current_key.as_deref(), Some("PRIMARY"), "{plan:?}");
+    // The moderation state: a primary-key lookup per entry, after the others.
+    let moderation: (Option<String>, Option<String>) = (plan[2].get("table"), plan[2].get("key"));
+    assert_eq!(
+        (moderation.0.as_deref(), moderation.1.as_deref()),
+        (Some("m"), Some("PRIMARY")),
+        "{plan:?}"
+    );
     assert!(!extra.unwrap_or_default().contains("filesort"));
     query.shutdown().await;
 }

@@ -3,7 +3,9 @@
 //! shared ones, so they run alongside the rest.
 
 mod api;
+mod catalog;
 mod comments;
+mod moderation;
 mod outage;
 mod stats;
 mod trend;

@@ -242,7 +242,17 @@ async fn submissions_through_every_service_are_counted_once_by_the_rule_and_serv
                 .map(String::as_str)
                 .collect();
             fields.sort_unstable();
-            assert_eq!(fields, ["comment", "feedback_id", "rating", "submitted_at"]);
+            assert_eq!(
+                fields,
+                [
+                    "comment",
+                    "feedback_id",
+                    "flagged",
+                    "rating",
+                    "submitted_at"
+                ]
+            );
+            assert_eq!(item["flagged"], false, "{item}");
             let comment = item["comment"].as_str().unwrap();
             assert!(comment.starts_with("e2e-"), "{comment}");
         }

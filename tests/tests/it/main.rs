@@ -6,5 +6,6 @@
 mod end_to_end;
 mod identity;
 mod infrastructure;
+mod moderation;
 mod openapi;
 mod redis_cluster;

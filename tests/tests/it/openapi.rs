@@ -20,14 +20,20 @@ const ROUTES: &[&str] = &[
     "/",
     "/form.js",
     "/form.css",
-    // ingest and query
+    // ingest and query (`/v1/catalog`: its GET only)
     "/oidc.js",
+    "/v1/catalog",
     // query
     "/v1/courses",
     "/v1/courses/{course_id}/stats",
     "/v1/courses/{course_id}/feedback",
     "/v1/courses/{course_id}/feedback.csv",
     "/v1/courses/{course_id}/trend",
+    "/v1/courses/{course_id}",
+    "/v1/moderation",
+    "/v1/moderation/log",
+    "/v1/feedback/{feedback_id}/hide",
+    "/v1/feedback/{feedback_id}/unhide",
     "/admin",
     "/admin.js",
     "/admin.css",
@@ -165,7 +171,9 @@ async fn every_documented_operation_is_served_by_the_services_its_servers_name()
     let client = reqwest::Client::new();
     for (path, method, ports) in &operations {
         assert!(!ports.is_empty(), "{method} {path} names no server");
-        let concrete = path.replace("{course_id}", "CS101");
+        let concrete = path
+            .replace("{course_id}", "CS101")
+            .replace("{feedback_id}", "01KAZ3G6Y5W4N8Q2R7T9V0X1YZ");
         for port in ports {
             let service = &services[port];
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -339,6 +347,10 @@ async fn query_parameters_query_takes_empty_are_documented_as_allowed_empty() {
         ("/v1/courses/CS101/trend", "bucket"),
         ("/v1/courses/CS101/trend", "from"),
         ("/v1/courses/CS101/trend", "to"),
+        ("/v1/courses/CS101/feedback", "include_hidden"),
+        ("/v1/moderation", "limit"),
+        ("/v1/moderation", "cursor"),
+        ("/v1/moderation/log", "cursor"),
     ] {
         let absent = get(format!("{}{path}", query.url)).await;
         let empty = get(format!("{}{path}?{parameter}=", query.url)).await;
@@ -367,6 +379,20 @@ async fn refusals_no_schema_can_state_are_documented_for_their_operation() {
     let feedback = "/v1/courses/{course_id}/feedback";
     let trend = "/v1/courses/{course_id}/trend";
     for (path, query_string, status, code, field) in [
+        (
+            "/v1/moderation",
+            "cursor=bm90LWlzc3VlZA",
+            400,
+            "invalid_cursor",
+            "cursor",
+        ),
+        (
+            "/v1/moderation/log",
+            "cursor=bm90LWlzc3VlZA",
+            400,
+            "invalid_cursor",
+            "cursor",
+        ),
         // Base64url, as the service's own are, but never issued.
         (
             feedback,
