@@ -64,5 +64,8 @@ cargo test --workspace
 step "the HTTP API against schemas/openapi.yaml: Schemathesis on live services (scripts/lib/fuzz-api.sh)"
 scripts/lib/fuzz-api.sh
 
+step "the pages in headless Chromium: the form and the dashboard against live services (scripts/lib/browser-tests.sh)"
+scripts/lib/browser-tests.sh
+
 echo
 echo "scripts/test.sh: all green in $((SECONDS - started))s"

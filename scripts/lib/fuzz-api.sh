@@ -21,80 +21,24 @@ if [[ $("$VENV/bin/schemathesis" --version 2>/dev/null) != "schemathesis, versio
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-say "building ingest, aggregator, query and feedback-bench (debug)"
-cargo build -q --bin ingest --bin aggregator --bin query --bin feedback-bench
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
-
-# Fresh resources, named `fbtest…` so that scripts/test.sh's leftovers step
-# removes whatever a killed run left behind.
-run_id=$(od -An -N5 -tx1 /dev/urandom | tr -d ' \n')
-TOPIC=fbtest-schemathesis-$run_id
-DATABASE=fbtest_schemathesis_$run_id
-WORK=${TMPDIR:-/tmp}/feedback-tests/fuzz-api-$run_id
-redis_db=
-
-# Everything started and made is undone on the way out, whatever the way;
-# after a failure the services' logs stay in $WORK and their ends are shown.
-pids=()
+# shellcheck source=scripts/lib/services.sh
+source scripts/lib/services.sh
+# Whatever the way out, the services and their resources go; after a
+# failure the services' logs stay in $WORK and their ends are shown.
 fuzzer=
 cleanup() {
   local status=$?
   [[ -z $fuzzer ]] || kill "$fuzzer" 2>/dev/null || true
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if ((status != 0)); then
-    for service in ingest aggregator query; do
-      [[ -f $WORK/$service.log ]] || continue
-      printf '\n--- the last lines of %s (%s) ---\n' "$service" "$WORK/$service.log"
-      tail -n 30 "$WORK/$service.log"
-    done
-  fi
-  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS \`$DATABASE\`" || true
-  # The topic and any made after its name (`.dlq`).
-  "$BIN/feedback-bench" delete-topics --prefix "$TOPIC" >/dev/null 2>&1 || true
-  [[ -z $redis_db ]] || redis-cli -h 127.0.0.1 -n "$redis_db" FLUSHDB >/dev/null 2>&1 || true
-  ((status != 0)) || rm -rf "$WORK"
+  services_stop "$status"
   exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$WORK/spool" "$WORK/hypothesis"
-# The tests' own allocator of Redis databases (feedback_tests::fresh_redis_database).
-redis_db=$((1 + $(redis-cli -h 127.0.0.1 -n 255 INCR feedback-tests:next-db) % 200))
-redis-cli -h 127.0.0.1 -n "$redis_db" FLUSHDB >/dev/null
-mariadb -h 127.0.0.1 -u root -e "CREATE DATABASE \`$DATABASE\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-read -r INGEST_PORT AGGREGATOR_PORT QUERY_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
-
-export FEEDBACK_JWT_SECRET="fuzz-api-$run_id-a-secret-of-at-least-32-bytes"
-export FEEDBACK_KAFKA_TOPIC=$TOPIC
-export FEEDBACK_CONSUMER_GROUP=$TOPIC
-export FEEDBACK_MYSQL_URL=mysql://root@127.0.0.1:3306/$DATABASE
-export FEEDBACK_REDIS_URL=redis://127.0.0.1:6379/$redis_db
-export FEEDBACK_SPOOL_DIR=$WORK/spool
-export FEEDBACK_INGEST_ADDR=127.0.0.1:$INGEST_PORT
-export FEEDBACK_AGGREGATOR_ADDR=127.0.0.1:$AGGREGATOR_PORT
-export FEEDBACK_QUERY_ADDR=127.0.0.1:$QUERY_PORT
 # The fuzzer sends a few thousand requests as one student.
 export FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN=0 FEEDBACK_RATE_LIMIT_IP_PER_MIN=0
-export RUST_LOG=${RUST_LOG:-info}
-
-say "ingest :$INGEST_PORT, aggregator :$AGGREGATOR_PORT, query :$QUERY_PORT; topic $TOPIC, database $DATABASE, Redis db $redis_db; logs in $WORK"
-for service in ingest aggregator query; do
-  "$BIN/$service" >"$WORK/$service.log" 2>&1 &
-  pids+=($!)
-done
-for port in "$INGEST_PORT" "$AGGREGATOR_PORT" "$QUERY_PORT"; do
-  for ((i = 0; ; i++)); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break
-    ((i < 120)) || { say "nothing ready on :$port after 60 s"; exit 1; }
-    sleep 0.5
-  done
-done
+services_start schemathesis
+mkdir -p "$WORK/hypothesis"
 
 token() { "$BIN/ingest" mint-token --sub "$1" --role "$2" --ttl-hours 1; }
 STUDENT_TOKEN=$(token fuzz-student student)

@@ -139,7 +139,7 @@
       state: cfg.mode === "oidc" ? "starting" : "secret",
       error: null,          // {kind, detail}: the last sign-in problem, for the page to show
       notice: null,         // "justSignedOut" after coming back from the provider's logout
-      user: null,           // {name, role}
+      user: null,           // {name, role, sub}
       ready: null,          // a promise: the sign-in answer (if any) has been handled
       TEXT: TEXT
     };
@@ -186,7 +186,8 @@
       var access = jwtPayload(t.access_token);
       var name = id.preferred_username || id.name || (access && (access.preferred_username || access.name)) ||
         id.sub || (access && access.sub) || "?";
-      return { name: String(name), role: highestRole(access) };
+      var sub = (access && access.sub) || id.sub || null;
+      return { name: String(name), role: highestRole(access), sub: sub ? String(sub) : null };
     }
     // Token endpoint answer -> what we keep.
     function fromTokenResponse(body, previous) {
@@ -455,6 +456,43 @@
       var res = await fetch(path, init);
       if (res.status === 401 && cfg.mode === "oidc" && tokens && tokens.access_token === token) dropTokens(true);
       return res;
+    };
+
+    // Who the API will take the next call from, in either mode: the role
+    // (the highest, as the services read it) and the subject, or null.
+    // Read from the token without checking it: only for what the page shows.
+    auth.role = function () {
+      if (cfg.mode === "oidc") return auth.state === "signedIn" && auth.user ? auth.user.role : null;
+      return highestRole(jwtPayload(auth.secretToken()));
+    };
+    auth.subject = function () {
+      if (cfg.mode === "oidc") return auth.state === "signedIn" && auth.user ? auth.user.sub : null;
+      var claims = jwtPayload(auth.secretToken());
+      return claims && typeof claims.sub === "string" && claims.sub ? claims.sub : null;
+    };
+
+    // The sign-in bar both pages share: #auth (shown in identity-provider
+    // mode only) with #who, #role, #signIn and #signOut. Returns what the
+    // page should say about the sign-in, {text, kind: "err" | ""}, where
+    // `signedOutHint` is the page's own invitation to sign in.
+    auth.render = function (lang, signedOutHint) {
+      var el = function (id) { return document.getElementById(id); };
+      el("auth").hidden = cfg.mode !== "oidc";
+      if (cfg.mode !== "oidc") return { text: "", kind: "" };
+      var st = auth.state, at = function (key, vars) { return auth.text(lang, key, vars); };
+      var user = st === "signedIn" && auth.user ? auth.user : null;
+      el("who").textContent = user ? at("signedInAs", { name: user.name }) : st === "signingIn" ? at("signingIn") : "";
+      el("who").hidden = !el("who").textContent;
+      el("role").hidden = !user;
+      el("role").textContent = user ? auth.roleText(lang) : "";
+      el("signIn").hidden = st === "signedIn" || st === "signingIn" || st === "starting";
+      el("signOut").hidden = st !== "signedIn";
+      el("signIn").textContent = at("signIn");
+      el("signOut").textContent = at("signOut");
+      if (auth.error) return { text: auth.errorText(lang), kind: "err" };
+      if (st === "expired") return { text: at("expired"), kind: "err" };
+      if (st === "signedOut") return { text: (auth.notice ? at(auth.notice) + " " : "") + signedOutHint, kind: "" };
+      return { text: "", kind: "" };
     };
 
     // "Signed in as …", "Role: …" etc. in the page's language.

@@ -188,11 +188,14 @@ pub async fn assert_page_is_served_self_contained(
             "{path} and its assets lack {needle:?}"
         );
     }
-    // Credentials live in sessionStorage or memory only: the one thing
-    // kept across tabs and restarts is the language.
+    // Credentials live in sessionStorage or memory only: what is kept
+    // across tabs and restarts is the language and, on the form, the ids of
+    // the courses a user rated from this browser (`RATED_KEY`), no token.
     for kept in everything.split("localStorage.setItem(").skip(1) {
         assert!(
-            kept.starts_with("\"feedback.lang\""),
+            kept.starts_with("\"feedback.lang\"")
+                || (kept.starts_with("RATED_KEY + ")
+                    && everything.contains("const RATED_KEY = \"feedback.form.rated.\";")),
             "{path}: localStorage.setItem({})",
             &kept[..40.min(kept.len())]
         );
