@@ -72,8 +72,13 @@ fuzz() { # NAME URL TOKEN SCHEMATHESIS-FILTERS...
 started=$SECONDS
 # The stateful phase follows the document's links, and only query's
 # operations have one (a comment page to the next).
+# GET /v1/catalog is fuzzed against query: its path also has query's POST,
+# which ingest does not serve, so ingest's 405 would never list the methods
+# the document gives the path (its GET has no parameters; ingest's tests
+# check its answer).
 fuzz ingest "http://127.0.0.1:$INGEST_PORT" "$STUDENT_TOKEN" \
-  --include-tag ingest --include-tag probes --phases examples,coverage,fuzzing
+  --include-tag ingest --include-tag probes --exclude-operation-id listCatalog \
+  --phases examples,coverage,fuzzing
 
 # Query reads what the aggregator made of those submissions: wait until it
 # has applied them all (the history stops growing).
