@@ -63,6 +63,7 @@ LANES=${FEEDBACK_SINK_LANES:-3}
 STAMP=$(date +%Y%m%d%H%M%S)
 TOPIC_INGEST=bench-$STAMP-ingest
 TOPIC_AGG=bench-$STAMP-agg
+TOPIC_FLOOR=bench-$STAMP-floor
 DB=fbbench_$STAMP
 MYSQL_URL=mysql://root@127.0.0.1:3306/$DB
 REDIS_DB=253
@@ -93,7 +94,8 @@ cleanup() {
   mariadb -h 127.0.0.1 -P 3306 -u root -e "DROP DATABASE IF EXISTS \`$DB\`" 2>/dev/null
   redis-cli -h 127.0.0.1 -p 6379 -n "$REDIS_DB" FLUSHDB >/dev/null 2>&1
   if [[ -x $BENCH ]]; then
-    timeout 30 "$BENCH" delete-topics "$TOPIC_INGEST" "$TOPIC_AGG" "$TOPIC_INGEST.dlq" "$TOPIC_AGG.dlq" >/dev/null 2>&1
+    timeout 30 "$BENCH" delete-topics "$TOPIC_INGEST" "$TOPIC_AGG" "$TOPIC_FLOOR" "$TOPIC_INGEST.dlq" \
+      "$TOPIC_AGG.dlq" >/dev/null 2>&1
   fi
   rm -rf "$WORK"
   say "cleaned up (database $DB dropped, Redis db $REDIS_DB flushed, bench topics deleted; logs in ${LOGS#"$ROOT"/})"
@@ -351,6 +353,28 @@ bench_ingest() {
   CONNECTIONS=$INGEST_CONNECTIONS load ingest_up "$url" submit.lua "$WORK/students.txt"
   read -r RSS_UP_HWM RSS_UP <<<"$(rss "$PID_ingest")"
   say "  ingest memory: VmRSS $RSS_UP MiB, VmHWM $RSS_UP_HWM MiB"
+  bench_kafka_floor
+}
+
+# bench_kafka_floor: ingest's real limit, the same load as its submission run
+# on feedback-bench kafka-floor, which produces the same bytes with ingest's
+# producer settings and waits for each acknowledgement, and does nothing else
+# (no token, parsing, policy, idempotency, rate limits or access log).
+bench_kafka_floor() {
+  local port url
+  port=$(free_port $((QUERY_PORT + 1)))
+  url=http://127.0.0.1:$port
+  say "ingest's Kafka floor: feedback-bench kafka-floor on :$port (topic $TOPIC_FLOOR), the same load"
+  "$BENCH" kafka-floor --topic "$TOPIC_FLOOR" --addr "127.0.0.1:$port" >"$LOGS/kafka-floor.log" 2>&1 </dev/null &
+  PIDS+=($!)
+  PID_floor=$!
+  wait_http kafka-floor "$url/healthz" "$PID_floor"
+  LOAD_WHO=floor=$PID_floor
+  # Its producer connects and learns the topic's leaders on the first requests.
+  LOAD_SECONDS=2 CONNECTIONS=$INGEST_CONNECTIONS load ingest_floor_warmup "$url" submit.lua "$WORK/students.txt" >/dev/null
+  CONNECTIONS=$INGEST_CONNECTIONS load ingest_floor "$url" submit.lua "$WORK/students.txt"
+  stop_pid "$PID_floor"
+  LOAD_WHO=ingest=$PID_ingest
 }
 
 # ceiling_runs WHEN: plain INSERTs on one connection and on $LANES, into
@@ -412,6 +436,8 @@ bench_aggregator() {
     "$(kv "$WORK/fresh.out" visible) of $(kv "$WORK/fresh.out" produced) visible," \
     "backlog $(kv "$WORK/fresh.out" backlog_at_end) when producing stopped"
   say "    cpu: $(cpu_report)"
+  read -r RSS_AGG_HWM RSS_AGG <<<"$(rss "$PID_aggregator")"
+  say "  aggregator memory: VmRSS $RSS_AGG MiB, VmHWM $RSS_AGG_HWM MiB (the drain and the freshness run)"
   stop_pid "$PID_aggregator"
 }
 
@@ -448,6 +474,8 @@ bench_query() {
     say "  inside query (its latency histogram): p99 <= $(kv "$WORK/query_half_$r.out" inside_p99_ms) ms"
     rate_run "query_half_health_$r" "$HALF_RATE" "$url" - /healthz
   done
+  read -r RSS_QUERY_HWM RSS_QUERY <<<"$(rss "$PID_query")"
+  say "  query memory: VmRSS $RSS_QUERY MiB, VmHWM $RSS_QUERY_HWM MiB"
   stop_pid "$PID_query"
 }
 
@@ -500,6 +528,20 @@ ratio_row() {
 }
 
 # latency_row MEASURE VALUE_MS FLOOR_MS MAX_MS: a latency beside the floor measured with it.
+# latency_ratio_row MEASURE VALUE_MS FLOOR_MS MAX_RATIO: a latency beside the
+# floor measured with it, ok when value/floor <= MAX_RATIO.
+latency_ratio_row() {
+  local ratio ok
+  ratio=$(calc "$2 / $3" 2)
+  ok=$([[ $(calc "$ratio <= $4" 0) == 1 ]] && echo yes || echo NO)
+  row "$1" "$(calc "$2") ms" "$(calc "$3") ms" "x$ratio" "<= x$4" "$ok"
+}
+
+# rss_row MEASURE HWM_MIB RSS_MIB: a service's peak resident memory under the bench's load.
+rss_row() {
+  row "$1" "$2 MiB (VmRSS at the end $3)" - - "<= 64 MiB" "$([[ $(calc "$2 <= 64" 0) == 1 ]] && echo yes || echo NO)"
+}
+
 latency_row() {
   local ok=- ratio=- target=-
   [[ $3 != - ]] && ratio="x$(calc "$2 / $3" 1)"
@@ -523,6 +565,11 @@ table_ingest() {
   local h=$WORK/ingest_health_wide.out up=$WORK/ingest_up.out sp=$WORK/ingest_spooled.out narrow wide ceiling
   narrow=$(kv "$WORK/ingest_health.out" rps) wide=$(kv "$h" rps)
   ceiling=$(calc "($narrow > $wide) ? $narrow : $wide" 0)
+  ratio_row "ingest accepted, Kafka up (vs its Kafka floor)" "$(kv "$up" good_rps)" \
+    "$(kv "$WORK/ingest_floor.out" good_rps)" "req/s" 0.8
+  latency_row "  the Kafka floor's p50" "$(kv "$WORK/ingest_floor.out" p50_ms)" - -
+  latency_row "  the Kafka floor's p99" "$(kv "$WORK/ingest_floor.out" p99_ms)" - -
+  failures_row "  the Kafka floor's non-202" ingest_floor
   ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$ceiling" "req/s" 0.3
   latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
   latency_row "ingest p99, Kafka up" "$(kv "$up" p99_ms)" "$(kv "$h" p99_ms)" -
@@ -574,6 +621,7 @@ table_aggregator() {
   row "freshness backlog when producing stopped" "$(kv "$fr" backlog_at_end) events" - - - -
   row "freshness events seen in Redis" "$(kv "$fr" visible) of $(kv "$fr" produced)" - - "all" \
     "$([[ $(kv "$fr" visible) == "$(kv "$fr" produced)" ]] && echo yes || echo NO)"
+  rss_row "aggregator peak RSS (VmHWM)" "$RSS_AGG_HWM" "$RSS_AGG"
 }
 
 table_query() {
@@ -588,8 +636,8 @@ table_query() {
   done
   latency_row "query stats p50 @ $HALF_RATE/s (half)" "$(median p50_ms "${runs[@]}")" \
     "$(median p50_ms "${floors[@]}")" -
-  latency_row "query stats p99 @ $HALF_RATE/s (half), median" "$(median p99_ms "${runs[@]}")" \
-    "$(median p99_ms "${floors[@]}")" 2
+  latency_ratio_row "query stats p99 @ $HALF_RATE/s (half), median (vs /healthz)" "$(median p99_ms "${runs[@]}")" \
+    "$(median p99_ms "${floors[@]}")" 1.5
   row "  p99 of each run: stats; /healthz" "$(values p99_ms "${runs[@]}") ms; $(values p99_ms "${floors[@]}") ms" - - - -
   row "  of which inside query (histogram)" "<= $(median inside_p99_ms "${runs[@]}") ms" - - - -
   row "  timed from send, not from due" "p50 $(median sent_p50_ms "${runs[@]}") ms, p99 $(median sent_p99_ms "${runs[@]}") ms" - - - -
@@ -597,6 +645,7 @@ table_query() {
     "$(median generator_cpu_pct "${runs[@]}")% of a core; p99 $(median pacer_late_p99_ms "${runs[@]}") ms, max $(median pacer_late_max_ms "${runs[@]}") ms" \
     - - - -
   row "query half-load answers not 200" "$bad" - - 0 "$([[ $bad == 0 ]] && echo yes || echo NO)"
+  rss_row "query peak RSS (VmHWM)" "$RSS_QUERY_HWM" "$RSS_QUERY"
 }
 
 print_table() {

@@ -23,7 +23,12 @@ use shared::auth::{JwtKeys, Role};
 use shared::domain::{Comment, CourseId, Rating, StudentKey};
 use shared::event::FeedbackSubmitted;
 
+mod floor;
 mod soak;
+
+// jemalloc, as the services have: the Kafka floor must allocate as ingest does.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(about = "Benchmark helper for scripts/bench.sh (key=value lines on stdout)")]
@@ -130,6 +135,17 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         slot_us: u64,
     },
+    /// Serve HTTP on ADDR: each POST /v1/feedback produces one event to TOPIC
+    /// as ingest does (the same bytes, the same producer settings) and is
+    /// answered 202 once Kafka acknowledged it; nothing else. Ingest's limit.
+    KafkaFloor {
+        #[arg(long, env = "FEEDBACK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        addr: String,
+    },
     /// Messages in TOPIC (the sum of its partitions' high watermarks).
     TopicCount {
         #[arg(long, env = "FEEDBACK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -228,6 +244,11 @@ async fn main() -> anyhow::Result<()> {
             // little of them as it can.
             tokio::task::spawn_blocking(move || rate_load(plan)).await?
         }
+        Command::KafkaFloor {
+            brokers,
+            topic,
+            addr,
+        } => tokio::task::spawn_blocking(move || floor::run(&brokers, &topic, &addr)).await?,
         Command::TopicCount { brokers, topic } => topic_count(&brokers, &topic),
         Command::Soak(args) => {
             if !soak::run(args).await? {

@@ -348,18 +348,7 @@ fn trace_headers(record: &KafkaRecord) -> OwnedHeaders {
 
 /// The idempotent producer, with the breaker in its context.
 fn make_producer(config: &PipelineConfig, breaker: &Arc<Breaker>) -> anyhow::Result<KafkaProducer> {
-    shared::kafka::client_config(&config.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Each request waits for its acknowledgement, so linger is latency
-        // paid by every submission: it stays short.
-        .set("linger.ms", "2")
-        .set(
-            "message.timeout.ms",
-            config.delivery_timeout.as_millis().to_string(),
-        )
-        .set("socket.timeout.ms", "3000")
-        .set("topic.metadata.refresh.interval.ms", "10000")
+    shared::kafka::submission_producer_config(&config.brokers, config.delivery_timeout)
         .create_with_context(BreakerContext {
             breaker: breaker.clone(),
         })

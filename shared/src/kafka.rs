@@ -28,6 +28,27 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// The producer settings of a submission: ingest's, and the bench's Kafka
+/// floor, which must produce as ingest does to be its limit. Every request
+/// waits for its acknowledgement by all in-sync replicas, with idempotence
+/// so librdkafka's retries never write a message twice.
+pub fn submission_producer_config(brokers: &str, delivery_timeout: Duration) -> ClientConfig {
+    let mut config = client_config(brokers);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Each request waits for its acknowledgement, so linger is latency
+        // paid by every submission: it stays short.
+        .set("linger.ms", "2")
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        )
+        .set("socket.timeout.ms", "3000")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    config
+}
+
 /// The dead-letter topic of `topic`.
 pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")

@@ -13,6 +13,7 @@
 //! `auth_tokens_refused_total{reason}`, never to the client, so probing
 //! teaches an attacker nothing.
 
+mod cache;
 mod claims;
 pub mod oidc;
 mod secret;
@@ -206,6 +207,8 @@ pub struct Authenticator {
 
 struct Inner {
     verifier: Verifier,
+    /// Tokens that passed every check lately (`cache.rs`).
+    verified: cache::TokenCache,
     max_ttl_secs: u64,
     client_id: Option<String>,
 }
@@ -237,6 +240,7 @@ impl Authenticator {
         Ok(Self {
             inner: Arc::new(Inner {
                 verifier,
+                verified: cache::TokenCache::new(LEEWAY_SECS),
                 max_ttl_secs: settings.max_ttl_secs,
                 client_id,
             }),
@@ -284,8 +288,20 @@ impl Authenticator {
 
     /// Checks one token: its algorithm against the mode's, its signature,
     /// `exp`, `nbf`, and in identity-provider mode `iss` and `aud`; then the
-    /// lifetime and `sub`.
+    /// lifetime and `sub`. A token that passed all of them lately is taken
+    /// from the cache, its `exp` checked again (`cache.rs`).
     pub async fn verify(&self, token: &str) -> Result<Principal, Refusal> {
+        let key = cache::TokenCache::key(token);
+        if let Some(principal) = self.inner.verified.get(&key, now_secs()) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_in_full(token).await?;
+        self.inner.verified.insert(key, principal.clone(), exp);
+        Ok(principal)
+    }
+
+    /// [`Authenticator::verify`] without the cache: the principal and the token's `exp`.
+    async fn verify_in_full(&self, token: &str) -> Result<(Principal, u64), Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_refusal(token))?;
         let data = match &self.inner.verifier {
             Verifier::SharedSecret(keys) => {
@@ -319,7 +335,8 @@ impl Authenticator {
         if claims.exp > now_secs().saturating_add(self.inner.max_ttl_secs) {
             return Err(Refusal::Lifetime);
         }
-        Ok(claims.principal())
+        let exp = claims.exp;
+        Ok((claims.principal(), exp))
     }
 
     /// The mode and, in identity-provider mode, the provider's state, for `/readyz`.

@@ -596,3 +596,78 @@ fn missing_path() -> std::path::PathBuf {
 
 /// A self-signed certificate of no one's: only its shape matters here.
 const TEST_CERT_PEM: &[u8] = include_bytes!("../../testdata/test-only-ca.pem");
+
+#[tokio::test]
+async fn a_verified_token_is_cached_and_a_refused_one_never() {
+    let auth = secret_mode();
+    let token = hs256(
+        &serde_json::json!({"sub": "u1", "role": "admin", "exp": now() + 600}),
+        SECRET.as_bytes(),
+    );
+    let first = auth.verify(&token).await.unwrap();
+    assert_eq!(auth.inner.verified.len(), 1);
+    assert_eq!(auth.verify(&token).await.unwrap(), first);
+    assert_eq!(auth.inner.verified.len(), 1);
+
+    // One byte changed in the signature: a miss, checked in full, refused, not kept.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for _ in 0..2 {
+        assert_eq!(auth.verify(&forged).await.unwrap_err(), Refusal::Signature);
+    }
+    let expired = hs256(
+        &serde_json::json!({"sub": "u1", "role": "admin", "exp": now() - 60}),
+        SECRET.as_bytes(),
+    );
+    assert_eq!(auth.verify(&expired).await.unwrap_err(), Refusal::Expired);
+    assert_eq!(auth.inner.verified.len(), 1);
+}
+
+#[test]
+fn a_cached_token_still_expires_at_its_exp_and_at_the_ttl() {
+    use std::time::Duration;
+    let principal = Principal {
+        sub: "u1".into(),
+        role: Some(Role::Student),
+    };
+    let cache = cache::TokenCache::with(LEEWAY_SECS, Duration::from_secs(60), 64);
+    let key = cache::TokenCache::key("t");
+    let now = now();
+    cache.insert(key, principal.clone(), now + 10);
+    assert_eq!(cache.get(&key, now), Some(principal.clone()));
+    // Within the leeway after exp, as the full check allows; not beyond.
+    assert!(cache.get(&key, now + 10 + LEEWAY_SECS).is_some());
+    assert!(cache.get(&key, now + 11 + LEEWAY_SECS).is_none());
+    assert_eq!(cache.len(), 0, "an expired entry is dropped");
+
+    let short = cache::TokenCache::with(LEEWAY_SECS, Duration::from_millis(30), 64);
+    short.insert(key, principal, now + 600);
+    assert!(short.get(&key, now).is_some());
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(
+        short.get(&key, now).is_none(),
+        "the TTL ends it whatever exp says"
+    );
+}
+
+#[test]
+fn the_cache_stays_within_its_capacity() {
+    let cache = cache::TokenCache::with(LEEWAY_SECS, std::time::Duration::from_secs(60), 64);
+    let now = now();
+    for i in 0..10_000 {
+        let principal = Principal {
+            sub: format!("u{i}"),
+            role: Some(Role::Student),
+        };
+        cache.insert(
+            cache::TokenCache::key(&format!("t{i}")),
+            principal,
+            now + 600,
+        );
+    }
+    assert!(cache.len() <= 64, "{}", cache.len());
+    let last = cache::TokenCache::key("t9999");
+    assert_eq!(cache.get(&last, now).unwrap().sub, "u9999");
+}
