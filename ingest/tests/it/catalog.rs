@@ -221,17 +221,7 @@ async fn a_restarted_ingest_with_mysql_unreachable_still_knows_the_catalog_from_
     assert_eq!(check["courses"], 1, "{check}");
     assert_eq!(check["learned_at"], learned_at, "{check}");
     assert!(check["last_refresh"].is_null(), "{check}");
-    let ready = again
-        .client
-        .get(format!("{}/readyz", again.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        ready.status(),
-        StatusCode::OK,
-        "MySQL down is no cause of unreadiness"
-    );
+    assert_ready(&again).await;
 
     assert_eq!(submit(&again, "CS101").await.status(), StatusCode::ACCEPTED);
     assert_unknown(&again, "MA201").await;
