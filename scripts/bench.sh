@@ -299,7 +299,7 @@ batch_steps() {
     /^aggregator_batch_step_seconds_(sum|count)\{/ {
       match($0, /step="[^"]+"/); step = substr($0, RSTART + 6, RLENGTH - 7)
       if ($0 ~ /_sum\{/) sum[step] = $NF; else count[step] = $NF }
-    END { n = split("begin courses_lock offsets_lock history current_read counting current_write stats offsets_record commit redis", order, " ")
+    END { n = split("begin courses_lock offsets_lock history counting current_write stats offsets_record commit redis", order, " ")
       for (i = 1; i <= n; i++) if (count[order[i]] > 0) printf "%s=%.2f\n", order[i], sum[order[i]] / count[order[i]] * 1000 }'
 }
 

@@ -6,7 +6,7 @@
 //! batch's new events, [`apply`] says which rows to write and how each
 //! course's stats change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shared::event::FeedbackSubmitted;
 use time::OffsetDateTime;
@@ -63,8 +63,19 @@ impl StatsChange {
 pub struct Outcome {
     /// Rows of `current_responses` to write (the new winners).
     pub writes: Vec<(ResponseKey, Current)>,
-    /// Per course, the change of its stats (only non-zero ones).
+    /// Per course, the change of its stats: every course with a row to
+    /// write, even when its numbers stay (a new rating equal to the old), so
+    /// that each write of a course's current rows moves its version (which
+    /// is what tells a lane its memo of the rows still holds: `sink/memo.rs`).
     pub changes: BTreeMap<String, StatsChange>,
+}
+
+/// An event's (course, student) pair.
+pub fn key(event: &FeedbackSubmitted) -> ResponseKey {
+    (
+        event.course_id.to_string(),
+        event.student_key.as_str().to_owned(),
+    )
 }
 
 /// Applies `events` (new, deduplicated) on top of `existing` rows.
@@ -72,10 +83,7 @@ pub fn apply(mut existing: HashMap<ResponseKey, Current>, events: &[FeedbackSubm
     let mut changes: BTreeMap<String, StatsChange> = BTreeMap::new();
     let mut written: HashMap<ResponseKey, Current> = HashMap::new();
     for event in events {
-        let key = (
-            event.course_id.to_string(),
-            event.student_key.as_str().to_owned(),
-        );
+        let key = key(event);
         let candidate = Current::of(event);
         let change = changes.entry(key.0.clone()).or_default();
         match existing.get(&key) {
@@ -92,7 +100,8 @@ pub fn apply(mut existing: HashMap<ResponseKey, Current>, events: &[FeedbackSubm
         existing.insert(key.clone(), candidate.clone());
         written.insert(key, candidate);
     }
-    changes.retain(|_, change| !change.is_zero());
+    let written_courses: HashSet<&String> = written.keys().map(|(course, _)| course).collect();
+    changes.retain(|course, change| !change.is_zero() || written_courses.contains(course));
     let mut writes: Vec<_> = written.into_iter().collect();
     writes.sort_by(|a, b| a.0.cmp(&b.0));
     Outcome { writes, changes }
@@ -216,9 +225,10 @@ mod tests {
         );
         let existing = HashMap::from([(key, Current::of(&event("CS2", "eve", 3, 1, A)))]);
         let out = apply(existing, &[event("CS2", "eve", 3, 2, B)]);
-        assert!(
-            out.changes.is_empty(),
-            "no version bump for a change that moves no number"
+        assert_eq!(
+            out.changes["CS2"],
+            StatsChange::default(),
+            "no number moves, but the course is written (its version moves)"
         );
         assert_eq!(out.writes.len(), 1);
     }

@@ -67,6 +67,7 @@ pub mod names {
     pub const AGGREGATOR_EVENTS_APPLIED_TOTAL: &str = "aggregator_events_applied_total";
     pub const AGGREGATOR_DUPLICATES_SKIPPED_TOTAL: &str = "aggregator_duplicates_skipped_total";
     pub const AGGREGATOR_REDELIVERED_BATCHES_TOTAL: &str = "aggregator_redelivered_batches_total";
+    pub const AGGREGATOR_CURRENT_ROWS_FOUND_TOTAL: &str = "aggregator_current_rows_found_total";
     pub const AGGREGATOR_DLQ_TOTAL: &str = "aggregator_dlq_total";
     pub const AGGREGATOR_DLQ_FAILED_TOTAL: &str = "aggregator_dlq_failed_total";
     pub const AGGREGATOR_QUARANTINED_TOTAL: &str = "aggregator_quarantined_total";
@@ -131,6 +132,7 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (names::AGGREGATOR_EVENTS_APPLIED_TOTAL, Kind::Counter, "Events newly written to MySQL."),
     (names::AGGREGATOR_DUPLICATES_SKIPPED_TOTAL, Kind::Counter, "Events skipped because their feedback_id was already applied."),
     (names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL, Kind::Counter, "Batches that overlapped offsets already in MySQL and were written again past them."),
+    (names::AGGREGATOR_CURRENT_ROWS_FOUND_TOTAL, Kind::Counter, "Students' current rows a batch found in MySQL because its lane's memo did not hold them (after a start or a rebalance), read back and counted against."),
     (names::AGGREGATOR_DLQ_TOTAL, Kind::Counter, "Messages sent to the dead-letter topic (undecodable or invalid)."),
     (names::AGGREGATOR_DLQ_FAILED_TOTAL, Kind::Counter, "Failed attempts to write a dead letter; the lane waits and tries again until one succeeds (nothing is skipped), consumption paused meanwhile."),
     (names::AGGREGATOR_QUARANTINED_TOTAL, Kind::Counter, "Events MySQL refused for good (a constraint the data breaks, a value out of range), set aside in quarantined_events with their offsets and not counted, by reason."),

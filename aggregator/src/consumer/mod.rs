@@ -215,6 +215,10 @@ pub fn subscribe(
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
         .set("fetch.wait.max.ms", "20")
+        // librdkafka prefetches up to 64 MiB by default, all of it resident
+        // when the aggregator is behind; the lanes hold up to 4 MiB each on
+        // top. 8 MiB is still a second or more of events at full speed.
+        .set("queued.max.messages.kbytes", "8192")
         .create_with_context(AggregatorContext {
             mysql_url: mysql_url.to_owned(),
             topic: topic.to_owned(),

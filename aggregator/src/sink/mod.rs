@@ -8,11 +8,13 @@
 //!    produce) is a duplicate and changes nothing else (`history.rs`); the
 //!    flagged ones among those appended enter the moderation queue
 //!    (`moderation.rs`);
-//! 3. read the batch's rows of `current_responses`, without locking them
-//!    (`current.rs` says why), apply the counting rule to them
-//!    (`counting.rs`) and write the new winners;
-//! 4. add the per-course changes to `course_stats`, bumping each changed
-//!    course's version (the versions the Redis deltas carry; `stats.rs`);
+//! 3. apply the counting rule (`counting.rs`) to the rows of
+//!    `current_responses` the batch replaces, known from the lane's memo
+//!    (`memo.rs`) or else found by inserting and counting what MySQL
+//!    inserted, and write the new winners (`current.rs`);
+//! 4. add the per-course changes to `course_stats`, bumping the version of
+//!    each course whose rows were written (the versions the Redis deltas
+//!    carry, and what tells the memo it still holds; `stats.rs`);
 //! 5. move each partition's next offset past the batch, on the condition that
 //!    it was at most the batch's first offset: nothing of the batch had been
 //!    applied (`offsets.rs`). A lane reads on from where its last batch
@@ -36,6 +38,7 @@
 
 mod current;
 mod history;
+mod memo;
 mod moderation;
 mod offsets;
 mod quarantine;
@@ -43,7 +46,7 @@ pub mod refusal;
 mod shapes;
 mod stats;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use mysql_async::{Pool, TxOpts};
@@ -54,6 +57,7 @@ use shared::redis_hash::Delta;
 
 use crate::counting;
 use crate::steps::Steps;
+pub use memo::{CourseSeen, Memo};
 pub use quarantine::{quarantine, Quarantined};
 pub use refusal::Refusal;
 
@@ -79,6 +83,10 @@ pub struct Committed {
     pub quarantined: usize,
     /// The per-course changes, with the versions they move between.
     pub deltas: Vec<Delta>,
+    /// The courses locked, with the versions they were found and left at,
+    /// and the current rows written or read: what the lane's memo learns.
+    pub seen: Vec<CourseSeen>,
+    pub rows: Vec<(counting::ResponseKey, counting::Current)>,
 }
 
 impl Committed {
@@ -88,6 +96,8 @@ impl Committed {
         self.duplicates += later.duplicates;
         self.quarantined += later.quarantined;
         self.deltas.extend(later.deltas);
+        self.seen.extend(later.seen);
+        self.rows.extend(later.rows);
     }
 }
 
@@ -144,7 +154,8 @@ impl From<mysql_async::Error> for SinkError {
 }
 
 /// Commits a batch: `events` decoded from the topic, `consumed` every offset
-/// the batch covers (poison messages included, so they are not read again).
+/// the batch covers (poison messages included, so they are not read again),
+/// with what the lane's `memo` holds of its courses' current rows.
 ///
 /// A lane reads on from where its last batch ended, so a batch normally starts
 /// at or after each partition's recorded next offset: it is written on that
@@ -158,11 +169,12 @@ pub async fn commit_batch(
     topic: &str,
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
+    memo: &Memo,
 ) -> Result<Committed, SinkError> {
     let mut resume = Resume::Assumed;
     loop {
         // `Resume::Read` always commits (or fails): this runs at most twice.
-        if let Some(committed) = commit_as(pool, topic, events, consumed, resume).await? {
+        if let Some(committed) = commit_as(pool, topic, events, consumed, memo, resume).await? {
             return Ok(committed);
         }
         metrics::counter!(names::AGGREGATOR_REDELIVERED_BATCHES_TOTAL).increment(1);
@@ -187,6 +199,7 @@ async fn commit_as(
     topic: &str,
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
+    memo: &Memo,
     resume: Resume,
 ) -> Result<Option<Committed>, SinkError> {
     let mut steps = Steps::start();
@@ -212,12 +225,11 @@ async fn commit_as(
     moderation::flag(&mut tx, &new, &now).await?;
     steps.lap("history");
 
-    let existing = current::read(&mut tx, &new).await?;
-    steps.lap("current_read");
     let counted: Vec<FeedbackSubmitted> = new.iter().map(|r| r.event.clone()).collect();
-    let outcome = counting::apply(existing, &counted);
+    let keys: Vec<counting::ResponseKey> = counted.iter().map(counting::key).collect();
+    let known = memo.known(&versions, keys.iter());
     steps.lap("counting");
-    current::write(&mut tx, &outcome.writes).await?;
+    let (outcome, found) = current::count(&mut tx, known, &counted).await?;
     steps.lap("current_write");
     let deltas = stats::add(&mut tx, &outcome.changes, &versions, now_at).await?;
     steps.lap("stats");
@@ -229,12 +241,31 @@ async fn commit_as(
     tx.commit().await?;
     steps.lap("commit");
 
+    let seen = events
+        .iter()
+        .map(|r| r.event.course_id.as_str())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .map(|course_id| {
+            let locked = versions.get(course_id).copied().unwrap_or(0);
+            let written = outcome.changes.contains_key(course_id);
+            CourseSeen {
+                course_id: course_id.to_owned(),
+                locked,
+                after: locked + i64::from(written),
+            }
+        })
+        .collect();
+    let mut rows = found;
+    rows.extend(outcome.writes);
     Ok(Some(Committed {
         applied: new.len(),
         // Redelivered offsets, copies within the batch, and ids already in the history.
         duplicates: events.len() - new.len(),
         quarantined: 0,
         deltas,
+        seen,
+        rows,
     }))
 }
 

@@ -51,6 +51,7 @@ pub(super) async fn commit(
     batch: &[OwnedMessage],
     events: &[Received],
     consumed: &BTreeMap<i32, i64>,
+    memo: &sink::Memo,
     stop: &Stop,
 ) -> Outcome {
     let topic = &worker.config.topic;
@@ -62,7 +63,8 @@ pub(super) async fn commit(
     }];
     while let Some(part) = parts.pop() {
         let attempt = retrying(worker, lane, stop, || async {
-            let result = sink::commit_batch(&worker.pool, topic, part.events, &part.consumed).await;
+            let result =
+                sink::commit_batch(&worker.pool, topic, part.events, &part.consumed, memo).await;
             // Only offsets to move (poison): nothing to set aside, so wait.
             result.map_err(|err| match part.events {
                 [] => err.retried(),

@@ -22,7 +22,7 @@ use super::Worker;
 use crate::config::Config;
 use crate::dlq::Poison;
 use crate::redis_view::DeltaQueue;
-use crate::sink::Received;
+use crate::sink::{Memo, Received};
 
 /// What the router hands a lane, in order.
 pub(super) enum LaneInput {
@@ -64,17 +64,20 @@ async fn run(
 ) {
     let config = &worker.config;
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
+    let mut memo = Memo::default();
     loop {
-        if !first_message(&mut rx, &mut batch, &stop).await {
+        if !first_message(&mut rx, &mut batch, &mut memo, &stop).await {
             return;
         }
-        fill(&mut rx, &mut batch, config, &queued, &stop).await;
+        fill(&mut rx, &mut batch, config, &queued, &mut memo, &stop).await;
         if batch.is_empty() {
             continue;
         }
         let decoded = decode(&worker, &batch, &stop).await;
         let passed_on = match &decoded {
-            Some(chunk) => commit_and_pass_on(&worker, index, &batch, chunk, &deltas, &stop).await,
+            Some(chunk) => {
+                commit_and_pass_on(&worker, index, &batch, chunk, &mut memo, &deltas, &stop).await
+            }
             None => false,
         };
         if !passed_on {
@@ -94,10 +97,11 @@ async fn run(
 }
 
 /// Waits for the first message of a batch into the empty `batch`; false on
-/// shutdown. Nothing is buffered yet, so a revocation drops nothing.
+/// shutdown. Nothing is buffered yet, so a revocation drops only the memo.
 async fn first_message(
     rx: &mut mpsc::UnboundedReceiver<LaneInput>,
     batch: &mut Vec<OwnedMessage>,
+    memo: &mut Memo,
     stop: &Stop,
 ) -> bool {
     while batch.is_empty() {
@@ -107,7 +111,7 @@ async fn first_message(
             input = rx.recv() => match input {
                 None => return false,
                 Some(LaneInput::Message(message)) => batch.push(message),
-                Some(LaneInput::Revoked(_)) => {}
+                Some(LaneInput::Revoked(_)) => memo.clear(),
             },
         }
     }
@@ -116,12 +120,14 @@ async fn first_message(
 
 /// Fills `batch` up to the batch size or until the linger runs out; on
 /// shutdown, stops so that what is in hand is committed. A revocation drops
-/// the revoked partitions' messages.
+/// the revoked partitions' messages, and the memo (its versions would tell
+/// it apart from a later owner's writes too; it only frees the memory).
 async fn fill(
     rx: &mut mpsc::UnboundedReceiver<LaneInput>,
     batch: &mut Vec<OwnedMessage>,
     config: &Config,
     queued: &AtomicUsize,
+    memo: &mut Memo,
     stop: &Stop,
 ) {
     let deadline = tokio::time::Instant::now() + config.linger;
@@ -134,6 +140,7 @@ async fn fill(
                 None => break,
                 Some(LaneInput::Message(message)) => batch.push(message),
                 Some(LaneInput::Revoked(partitions)) => {
+                    memo.clear();
                     batch.retain(|m| {
                         let keep = !partitions.contains(&m.partition());
                         if !keep {
@@ -210,15 +217,28 @@ async fn commit_and_pass_on(
     index: usize,
     batch: &[OwnedMessage],
     chunk: &Chunk,
+    memo: &mut Memo,
     deltas: &DeltaQueue,
     stop: &Stop,
 ) -> bool {
     let started = Instant::now();
     let spans = event_spans(index, chunk);
-    let outcome = commit::commit(worker, index, batch, &chunk.events, &chunk.consumed, stop).await;
+    let outcome = commit::commit(
+        worker,
+        index,
+        batch,
+        &chunk.events,
+        &chunk.consumed,
+        memo,
+        stop,
+    )
+    .await;
     drop(spans);
     let committed = match outcome {
-        Outcome::Done(committed) => committed,
+        Outcome::Done(committed) => {
+            memo.learn(&committed.seen, &committed.rows);
+            committed
+        }
         Outcome::Stopped(partly) => {
             metrics::counter!(names::AGGREGATOR_EVENTS_APPLIED_TOTAL)
                 .increment(partly.applied as u64);

@@ -11,7 +11,7 @@
 //! transactions commit in offset order, and lanes never share a course (the
 //! topic is keyed by course).
 //!
-//! Flow control: while a lane holds 4 MiB, the router stops taking messages
+//! Flow control: while a lane holds 1 MiB, the router stops taking messages
 //! (librdkafka's own bounded queue holds the rest). While MySQL is down, or
 //! a dead letter cannot be written, the whole assignment is paused instead
 //! and the router keeps polling, so the group keeps this member however long

@@ -19,9 +19,10 @@ use super::Worker;
 use crate::consumer::Rebalanced;
 use crate::redis_view::DeltaQueue;
 
-/// What a lane may hold before the router waits for it: many batches of
-/// typical events, fewer when comments run to a few KiB each.
-const LANE_BYTES: usize = 4 << 20;
+/// What a lane may hold before the router waits for it: tens of batches of
+/// typical events, a few when comments run to a few KiB each. librdkafka's
+/// own queue holds the next 8 MiB, so a lane is never kept waiting.
+const LANE_BYTES: usize = 1 << 20;
 
 /// The lane of a partition.
 fn lane_of(partition: i32, lanes: usize) -> usize {

@@ -57,6 +57,7 @@ async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count
         added("aggregator_duplicates_skipped_total") >= 300.0,
         "the 300 duplicates counted"
     );
+
     assert!(
         added("aggregator_batch_size_count") > 0.0,
         "batch sizes recorded"
@@ -67,7 +68,6 @@ async fn thousands_of_random_submissions_with_resubmissions_and_duplicates_count
         "begin",
         "courses_lock",
         "history",
-        "current_read",
         "counting",
         "current_write",
         "stats",
@@ -224,55 +224,127 @@ async fn current_rows(pool: &mysql_async::Pool) -> Vec<(String, String, u8)> {
     .unwrap()
 }
 
+/// What a lane's memo holds when the second batch of
+/// `resubmissions_follow_the_rule` commits.
+#[derive(Clone, Copy, PartialEq)]
+enum Memory {
+    /// Nothing (a lane that just started): new pairs are inserted where no
+    /// row is, and the rows found instead are read and counted against.
+    Empty,
+    /// The first batch's rows, as the lane that committed it learned them.
+    Learned,
+    /// The first batch's rows, but another writer changed one of them since
+    /// (and the course's version with it): the memo must not be trusted.
+    Stale,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_first_submissions_and_one_with_resubmissions_both_follow_the_rule() {
+    resubmissions_follow_the_rule(Memory::Learned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmissions_follow_the_rule_for_a_lane_that_knows_no_rows() {
+    resubmissions_follow_the_rule(Memory::Empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmissions_follow_the_rule_when_another_writer_changed_the_rows_a_lane_knows() {
+    resubmissions_follow_the_rule(Memory::Stale).await;
+}
+
+async fn resubmissions_follow_the_rule(memory: Memory) {
     let scenario = Scenario::new().await;
     shared::mysql::migrate(&scenario.mysql_url).await.unwrap();
     let pool = scenario.mysql().await;
+    let mut memo = sink::Memo::default();
     // Three students, each one's first rating of course CS000.
     let first = random_events(11, 3, 1, 1_000_000);
     let (received, consumed) = batch(&first, 0);
-    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
+    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed, &memo)
         .await
         .unwrap();
     assert_eq!(committed.applied, 3);
+    if memory != Memory::Empty {
+        memo.learn(&committed.seen, &committed.rows);
+        assert_eq!(memo.pairs(), 3);
+    }
     let mut want: Vec<(String, String, u8)> = first.iter().map(row_of).collect();
     want.sort();
     assert_eq!(current_rows(&pool).await, want);
+    let resubmit = |event: &shared::event::FeedbackSubmitted, seconds: i64, rating: u8| {
+        let mut again = event.clone();
+        again.feedback_id = shared::domain::FeedbackId::generate();
+        again.submitted_at += time::Duration::seconds(seconds);
+        again.rating = shared::domain::Rating::parse(i64::from(rating)).unwrap();
+        again
+    };
+    let other = |rating: u8| if rating == 5 { 1 } else { 5 };
+
+    // Another writer (another member, from another partition) replaces the
+    // second student's row with a submission two seconds later.
+    let mut all: Vec<_> = first.clone();
+    let mut version = 1;
+    let newest = resubmit(&first[1], 2, other(first[1].rating.get()));
+    if memory == Memory::Stale {
+        let (received, consumed) = batch_on(1, std::slice::from_ref(&newest), 0);
+        let fresh = sink::Memo::default();
+        sink::commit_batch(&pool, &scenario.topic, &received, &consumed, &fresh)
+            .await
+            .unwrap();
+        all.push(newest.clone());
+        version += 1;
+    }
 
     // The second batch: the first student again, later (replaces); the second
-    // again, earlier (never counts); a fourth student for the first time.
-    let mut later = first[0].clone();
-    later.feedback_id = shared::domain::FeedbackId::generate();
-    later.submitted_at += time::Duration::seconds(1);
-    later.rating =
-        shared::domain::Rating::parse(if first[0].rating.get() == 5 { 1 } else { 5 }).unwrap();
-    let mut earlier = first[1].clone();
-    earlier.feedback_id = shared::domain::FeedbackId::generate();
-    earlier.submitted_at -= time::Duration::seconds(1);
+    // again, a second later (replaces their first, but not the other
+    // writer's newest); the third again, earlier (never counts); a fourth
+    // student for the first time.
+    let later = resubmit(&first[0], 1, other(first[0].rating.get()));
+    let second_again = resubmit(&first[1], 1, first[1].rating.get());
+    let earlier = resubmit(&first[2], -1, other(first[2].rating.get()));
     let fourth = random_events(12, 1, 1, 1_000_000).remove(0);
-    let second = vec![later.clone(), earlier, fourth.clone()];
+    let second = vec![later.clone(), second_again.clone(), earlier, fourth.clone()];
     let (received, consumed) = batch(&second, 3);
-    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
+    let committed = sink::commit_batch(&pool, &scenario.topic, &received, &consumed, &memo)
         .await
         .unwrap();
-    assert_eq!(committed.applied, 3, "all three are new to the history");
-    let replaced = want
-        .iter()
-        .position(|r| r.0 == later.student_key.as_str())
-        .unwrap();
-    want[replaced] = row_of(&later);
+    assert_eq!(committed.applied, 4, "all four are new to the history");
+    // The rows learned: the three students' rows found in MySQL when the memo
+    // did not hold them (or was not trusted), then the winners written (the
+    // second student's is not one when the other writer's is newer).
+    let (found, written) = match memory {
+        Memory::Learned => (0, 3),
+        Memory::Empty => (3, 3),
+        Memory::Stale => (3, 2),
+    };
+    assert_eq!(committed.rows.len(), found + written);
+    let position = |event: &shared::event::FeedbackSubmitted| {
+        want.iter()
+            .position(|r| r.0 == event.student_key.as_str())
+            .unwrap()
+    };
+    let (at_first, at_second) = (position(&later), position(&second_again));
+    want[at_first] = row_of(&later);
+    want[at_second] = row_of(if memory == Memory::Stale {
+        &newest
+    } else {
+        &second_again
+    });
     want.push(row_of(&fourth));
     want.sort();
     assert_eq!(current_rows(&pool).await, want);
     let delta = &committed.deltas[..];
     assert_eq!(delta.len(), 1);
-    assert_eq!((delta[0].from_version, delta[0].to_version), (1, 2));
+    assert_eq!(
+        (delta[0].from_version, delta[0].to_version),
+        (version, version + 1)
+    );
     assert_eq!(
         delta[0].responses, 1,
         "only the fourth student is a new response"
     );
-    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    all.extend(second.iter().cloned());
     wait_for_mysql(&scenario.mysql_url, &expected(&all), Duration::from_secs(1)).await;
     assert_mysql_consistent(&scenario.mysql_url, &all).await;
 }
@@ -288,9 +360,15 @@ async fn a_batch_committed_twice_is_applied_once() {
     let events = random_events(4, 150, 3, 40);
     let (received, consumed) = batch(&events, 0);
 
-    let first = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
-        .await
-        .unwrap();
+    let first = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &received,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(first.applied, 150);
     assert_eq!(
         first
@@ -300,9 +378,15 @@ async fn a_batch_committed_twice_is_applied_once() {
             .collect::<Vec<_>>(),
         vec![(0, 1); 3]
     );
-    let again = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
-        .await
-        .unwrap();
+    let again = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &received,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (again.applied, again.duplicates),
         (0, 150),
@@ -312,9 +396,15 @@ async fn a_batch_committed_twice_is_applied_once() {
 
     // The same events at new offsets (a replayed spool): duplicates by feedback_id.
     let (replayed, consumed) = batch(&events, 150);
-    let third = sink::commit_batch(&pool, &scenario.topic, &replayed, &consumed)
-        .await
-        .unwrap();
+    let third = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &replayed,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (third.applied, third.duplicates),
         (0, 150),
@@ -351,16 +441,28 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     let events = random_events(11, 250, 3, 60);
 
     let (first, consumed) = batch(&events[..100], 0);
-    let first = sink::commit_batch(&pool, &scenario.topic, &first, &consumed)
-        .await
-        .unwrap();
+    let first = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &first,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!((first.applied, first.duplicates), (100, 0));
 
     // Offsets 50 to 149: 50 to 99 were recorded by the first batch.
     let (overlapping, consumed) = batch(&events[100..200], 50);
-    let second = sink::commit_batch(&pool, &scenario.topic, &overlapping, &consumed)
-        .await
-        .unwrap();
+    let second = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &overlapping,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (second.applied, second.duplicates),
         (50, 50),
@@ -368,9 +470,15 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     );
 
     let (next, consumed) = batch(&events[200..], 150);
-    let third = sink::commit_batch(&pool, &scenario.topic, &next, &consumed)
-        .await
-        .unwrap();
+    let third = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &next,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!((third.applied, third.duplicates), (50, 0));
 
     let counted: Vec<_> = events[..100]
@@ -401,7 +509,7 @@ async fn commit_retrying(
 ) -> usize {
     let mut conflicts = 0;
     loop {
-        match sink::commit_batch(pool, topic, received, consumed).await {
+        match sink::commit_batch(pool, topic, received, consumed, &sink::Memo::default()).await {
             Ok(_) => return conflicts,
             Err(sink::SinkError::Conflict(_)) => conflicts += 1,
             Err(err) => panic!("commit failed: {err}"),
@@ -453,9 +561,15 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
     let pool = scenario.mysql().await;
     let events = random_events(5, 200, 4, 60);
     let (received, consumed) = batch(&events[..100], 0);
-    sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
-        .await
-        .unwrap();
+    sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &received,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         fill_all(&scenario).await,
         4,
@@ -464,9 +578,15 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
 
     // The next batch reaches MySQL, and the process dies before Redis hears of it.
     let (received, consumed) = batch(&events[100..], 100);
-    let lost = sink::commit_batch(&pool, &scenario.topic, &received, &consumed)
-        .await
-        .unwrap();
+    let lost = sink::commit_batch(
+        &pool,
+        &scenario.topic,
+        &received,
+        &consumed,
+        &sink::Memo::default(),
+    )
+    .await
+    .unwrap();
     assert!(lost.deltas.iter().all(|d| d.to_version == 2));
     let mut redis = scenario.redis().await;
     let stale = shared::redis_hash::read(&mut redis, "CS000")
