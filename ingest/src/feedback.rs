@@ -16,6 +16,7 @@
 //! count it: a token is cheap to check.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -61,7 +62,7 @@ pub struct Submission {
 }
 
 pub async fn submit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,

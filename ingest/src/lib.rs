@@ -309,23 +309,26 @@ pub fn router(state: AppState) -> Router {
         .merge(shared::http::health_routes())
         // The submission reads its body itself, within its own size and time limits.
         .layer(DefaultBodyLimit::disable());
-    shared::http::with_service_layers(routes).with_state(state)
+    // Behind one `Arc`: axum clones the state for every request (the
+    // route's handler and the `State` extractor), one count instead of one
+    // per field.
+    shared::http::with_service_layers(routes).with_state(Arc::new(state))
 }
 
-async fn form(State(state): State<AppState>) -> Response {
+async fn form(State(state): State<Arc<AppState>>) -> Response {
     state.form.response()
 }
 
 /// `GET /v1/catalog`, no token: query's answer, from ingest's own catalog,
 /// so the form lists the courses when ingest is reached without the front
 /// door (which sends this path to query).
-async fn catalog_list(State(state): State<AppState>) -> Response {
+async fn catalog_list(State(state): State<Arc<AppState>>) -> Response {
     state.catalog.public_list()
 }
 
 /// 200 while a submission can be taken (Kafka, or room in the spool; and
 /// with a closed catalog, one read at least once); each part's state.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let pipeline = &state.pipeline;
     let breaker = pipeline.breaker.state();
     let spool = &pipeline.spool;
