@@ -18,7 +18,7 @@
 //! dropped beyond it), emptied when the lane loses partitions, and learns
 //! only from committed transactions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::counting::{Current, ResponseKey};
 
@@ -89,10 +89,22 @@ impl Memo {
         known
     }
 
-    /// Learns from a committed transaction: the courses it locked, in order,
-    /// and the current rows it wrote or read.
+    /// Learns from committed transactions (one, or the parts of a batch
+    /// committed in turn): the courses they locked, in order, and the current
+    /// rows they wrote or read, in order.
     pub fn learn(&mut self, seen: &[CourseSeen], rows: &[(ResponseKey, Current)]) {
+        // A course that another writer moved between two parts: which of the
+        // earlier parts' rows still hold is unknown, so none are kept.
+        let mut left: HashMap<&str, i64> = HashMap::new();
+        let mut untrusted: HashSet<&str> = HashSet::new();
         for course in seen {
+            let id = course.course_id.as_str();
+            if left
+                .insert(id, course.after)
+                .is_some_and(|after| after != course.locked)
+            {
+                untrusted.insert(id);
+            }
             let entry = self.courses.entry(course.course_id.clone()).or_default();
             if entry.version != course.locked {
                 self.pairs -= entry.rows.len();
@@ -101,6 +113,9 @@ impl Memo {
             entry.version = course.after;
         }
         for ((course_id, student_key), current) in rows {
+            if untrusted.contains(course_id.as_str()) {
+                continue;
+            }
             let (Some(student), Ok(id)) = (
                 student(student_key),
                 ulid::Ulid::from_string(&current.feedback_id),
@@ -223,6 +238,27 @@ mod tests {
         let known = memo.known(&versions(&[("CS1", 6)]), [&k1, &k3].into_iter());
         assert_eq!(known.len(), 1);
         assert_eq!(known.get(&k3), Some(&current(1)));
+    }
+
+    #[test]
+    fn parts_of_a_batch_with_another_writer_between_them_leave_the_course_unknown() {
+        let mut memo = Memo::default();
+        let (k1, k2) = (key("CS1", 1), key("CS1", 2));
+        // Part one left CS1 at 4; someone else took it to 6 before part two.
+        memo.learn(
+            &[seen("CS1", 3, 4), seen("CS1", 6, 7)],
+            &[(k1.clone(), current(4)), (k2.clone(), current(2))],
+        );
+        assert_eq!(memo.pairs(), 0);
+        assert!(memo
+            .known(&versions(&[("CS1", 7)]), [&k1, &k2].into_iter())
+            .is_empty());
+        // In step, both parts' rows are kept.
+        memo.learn(
+            &[seen("CS1", 7, 8), seen("CS1", 8, 9)],
+            &[(k1.clone(), current(4)), (k2.clone(), current(2))],
+        );
+        assert_eq!(memo.pairs(), 2);
     }
 
     #[test]
