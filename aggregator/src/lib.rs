@@ -83,13 +83,7 @@ impl Application {
         install_metrics();
         shared::mysql::migrate(&config.mysql_url).await?;
         let pool = shared::mysql::pool(&config.mysql_url)?;
-        shared::kafka::ensure_topic(
-            &config.brokers,
-            &config.topic,
-            shared::kafka::PARTITIONS,
-            Some(shared::kafka::EVENTS_RETENTION),
-        )
-        .await?;
+        shared::kafka::ensure_events_topic(&config.brokers, &config.topic).await?;
         let dead_letters = DeadLetters::new(&config.brokers, &config.topic)?;
         // Dead letters stay until an operator has dealt with them: each is
         // feedback that was accepted and is not counted yet.

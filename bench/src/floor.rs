@@ -48,13 +48,7 @@ pub fn run(brokers: &str, topic: &str, addr: &str) -> anyhow::Result<()> {
 }
 
 async fn serve(brokers: &str, topic: &str, addr: &str) -> anyhow::Result<()> {
-    shared::kafka::ensure_topic(
-        brokers,
-        topic,
-        shared::kafka::PARTITIONS,
-        Some(shared::kafka::EVENTS_RETENTION),
-    )
-    .await?;
+    shared::kafka::ensure_events_topic(brokers, topic).await?;
     let producer: FutureProducer =
         shared::kafka::submission_producer_config(brokers, DELIVERY_TIMEOUT)
             .create()

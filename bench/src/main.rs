@@ -384,13 +384,7 @@ async fn prefill(
     courses: usize,
     students: usize,
 ) -> anyhow::Result<()> {
-    shared::kafka::ensure_topic(
-        brokers,
-        topic,
-        shared::kafka::PARTITIONS,
-        Some(shared::kafka::EVENTS_RETENTION),
-    )
-    .await?;
+    shared::kafka::ensure_events_topic(brokers, topic).await?;
     let courses: Vec<CourseId> = (0..courses.max(1))
         .map(|i| course_id("BENCH-C", i))
         .collect::<anyhow::Result<_>>()?;

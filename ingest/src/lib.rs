@@ -275,14 +275,7 @@ fn show_counters() {
 fn spawn_topic_creation(brokers: String, topic: String) {
     tokio::spawn(async move {
         loop {
-            match shared::kafka::ensure_topic(
-                &brokers,
-                &topic,
-                shared::kafka::PARTITIONS,
-                Some(shared::kafka::EVENTS_RETENTION),
-            )
-            .await
-            {
+            match shared::kafka::ensure_events_topic(&brokers, &topic).await {
                 Ok(()) => break,
                 Err(err) => tracing::warn!(%err, "topic not ensured yet; retrying"),
             }

@@ -54,6 +54,13 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// Creates a submissions topic (`topic`) unless it exists: the contract's
+/// partitions, keeping its events for [`EVENTS_RETENTION`]. Ingest, the
+/// aggregator, the tests and the bench each make the same topic.
+pub async fn ensure_events_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    ensure_topic(brokers, topic, PARTITIONS, Some(EVENTS_RETENTION)).await
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists, keeping
 /// its messages for `retention` (`None`: until deleted by hand). An existing
 /// topic keeps the settings it has: an operator may have changed them.

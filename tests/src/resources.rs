@@ -66,13 +66,7 @@ pub async fn fresh_redis_database() -> anyhow::Result<String> {
 /// Creates a fresh topic with the contract's 6 partitions and returns its name.
 pub async fn fresh_topic() -> anyhow::Result<String> {
     let topic = unique_name("fbtest").replace('_', "-");
-    shared::kafka::ensure_topic(
-        &kafka_brokers(),
-        &topic,
-        shared::kafka::PARTITIONS,
-        Some(shared::kafka::EVENTS_RETENTION),
-    )
-    .await?;
+    shared::kafka::ensure_events_topic(&kafka_brokers(), &topic).await?;
     Ok(topic)
 }
 
