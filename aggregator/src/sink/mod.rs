@@ -46,7 +46,7 @@ pub mod refusal;
 mod shapes;
 mod stats;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use mysql_async::{Pool, TxOpts};
@@ -241,16 +241,12 @@ async fn commit_as(
     tx.commit().await?;
     steps.lap("commit");
 
-    let seen = events
-        .iter()
-        .map(|r| r.event.course_id.as_str())
-        .collect::<BTreeSet<&str>>()
+    let seen = versions
         .into_iter()
-        .map(|course_id| {
-            let locked = versions.get(course_id).copied().unwrap_or(0);
-            let written = outcome.changes.contains_key(course_id);
+        .map(|(course_id, locked)| {
+            let written = outcome.changes.contains_key(&course_id);
             CourseSeen {
-                course_id: course_id.to_owned(),
+                course_id,
                 locked,
                 after: locked + i64::from(written),
             }

@@ -15,7 +15,8 @@ use super::{Received, SinkError};
 use crate::counting::StatsChange;
 
 /// Locks the `course_stats` rows of the events' courses (a gap lock for a
-/// course without one yet); returns each existing course's version.
+/// course without one yet); returns each course's version, 0 for one
+/// without a row yet.
 pub(super) async fn lock_courses(
     tx: &mut Transaction<'_>,
     events: &[Received],
@@ -36,6 +37,9 @@ pub(super) async fn lock_courses(
         let params: Vec<Value> = chunk.iter().map(|c| Value::from(*c)).collect();
         let rows: Vec<(String, i64)> = tx.exec(sql, Params::Positional(params)).await?;
         versions.extend(rows);
+    }
+    for course in courses {
+        versions.entry(course.to_owned()).or_insert(0);
     }
     Ok(versions)
 }

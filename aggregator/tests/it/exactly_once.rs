@@ -288,10 +288,7 @@ async fn resubmissions_follow_the_rule(memory: Memory) {
     let newest = resubmit(&first[1], 2, other(first[1].rating.get()));
     if memory == Memory::Stale {
         let (received, consumed) = batch_on(1, std::slice::from_ref(&newest), 0);
-        let fresh = sink::Memo::default();
-        sink::commit_batch(&pool, &scenario.topic, &received, &consumed, &fresh)
-            .await
-            .unwrap();
+        commit_once(&pool, &scenario.topic, &received, &consumed).await;
         all.push(newest.clone());
         version += 1;
     }
@@ -360,15 +357,7 @@ async fn a_batch_committed_twice_is_applied_once() {
     let events = random_events(4, 150, 3, 40);
     let (received, consumed) = batch(&events, 0);
 
-    let first = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &received,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let first = commit_once(&pool, &scenario.topic, &received, &consumed).await;
     assert_eq!(first.applied, 150);
     assert_eq!(
         first
@@ -378,15 +367,7 @@ async fn a_batch_committed_twice_is_applied_once() {
             .collect::<Vec<_>>(),
         vec![(0, 1); 3]
     );
-    let again = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &received,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let again = commit_once(&pool, &scenario.topic, &received, &consumed).await;
     assert_eq!(
         (again.applied, again.duplicates),
         (0, 150),
@@ -396,15 +377,7 @@ async fn a_batch_committed_twice_is_applied_once() {
 
     // The same events at new offsets (a replayed spool): duplicates by feedback_id.
     let (replayed, consumed) = batch(&events, 150);
-    let third = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &replayed,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let third = commit_once(&pool, &scenario.topic, &replayed, &consumed).await;
     assert_eq!(
         (third.applied, third.duplicates),
         (0, 150),
@@ -441,28 +414,12 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     let events = random_events(11, 250, 3, 60);
 
     let (first, consumed) = batch(&events[..100], 0);
-    let first = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &first,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let first = commit_once(&pool, &scenario.topic, &first, &consumed).await;
     assert_eq!((first.applied, first.duplicates), (100, 0));
 
     // Offsets 50 to 149: 50 to 99 were recorded by the first batch.
     let (overlapping, consumed) = batch(&events[100..200], 50);
-    let second = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &overlapping,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let second = commit_once(&pool, &scenario.topic, &overlapping, &consumed).await;
     assert_eq!(
         (second.applied, second.duplicates),
         (50, 50),
@@ -470,15 +427,7 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
     );
 
     let (next, consumed) = batch(&events[200..], 150);
-    let third = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &next,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let third = commit_once(&pool, &scenario.topic, &next, &consumed).await;
     assert_eq!((third.applied, third.duplicates), (50, 0));
 
     let counted: Vec<_> = events[..100]
@@ -498,6 +447,18 @@ async fn a_batch_overlapping_the_recorded_offsets_counts_only_what_lies_past_the
         BTreeMap::from([(0, 200)])
     );
     pool.disconnect().await.unwrap();
+}
+
+/// Commits a batch as a lane that just started would (its memo empty).
+async fn commit_once(
+    pool: &mysql_async::Pool,
+    topic: &str,
+    received: &[Received],
+    consumed: &BTreeMap<i32, i64>,
+) -> sink::Committed {
+    sink::commit_batch(pool, topic, received, consumed, &sink::Memo::default())
+        .await
+        .unwrap()
 }
 
 /// Commits a batch as a lane does: a deadlock or lock wait timeout is retried.
@@ -561,15 +522,7 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
     let pool = scenario.mysql().await;
     let events = random_events(5, 200, 4, 60);
     let (received, consumed) = batch(&events[..100], 0);
-    sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &received,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    commit_once(&pool, &scenario.topic, &received, &consumed).await;
     assert_eq!(
         fill_all(&scenario).await,
         4,
@@ -578,15 +531,7 @@ async fn a_crash_between_the_mysql_commit_and_the_redis_update_is_repaired() {
 
     // The next batch reaches MySQL, and the process dies before Redis hears of it.
     let (received, consumed) = batch(&events[100..], 100);
-    let lost = sink::commit_batch(
-        &pool,
-        &scenario.topic,
-        &received,
-        &consumed,
-        &sink::Memo::default(),
-    )
-    .await
-    .unwrap();
+    let lost = commit_once(&pool, &scenario.topic, &received, &consumed).await;
     assert!(lost.deltas.iter().all(|d| d.to_version == 2));
     let mut redis = scenario.redis().await;
     let stale = shared::redis_hash::read(&mut redis, "CS000")
