@@ -219,14 +219,12 @@ async fn drop_obsolete(conn: &mut mysql_async::Conn, obsolete: &Obsolete) -> any
 /// A pool for `url` (callers bound their waits with timeouts: mysql_async has no connect timeout).
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let opts = Opts::from_url(url).with_context(|| format!("parsing MySQL URL {url:?}"))?;
-    // The aggregator's multi-row statements take a shape per row count (a
-    // batch's courses, its new pairs): with mysql_async's 32 a busy lane
-    // evicted and prepared them again (a round trip and a parse each). 128 a
-    // connection keeps a few aggregators' and query's pools (32 connections
-    // each at most) under MySQL's default max_prepared_stmt_count (16,382).
-    let stmt_cache_size = opts.stmt_cache_size().max(128);
+    // mysql_async's statement cache (32 a connection unless the URL says
+    // otherwise) is not raised: the aggregator's multi-row statements hold
+    // a few hundred parameters' metadata each, so more cached shapes cost
+    // megabytes a connection, while with 32 about one batch in four prepares
+    // a statement again (docs/benchmarks.md).
     let opts = OptsBuilder::from_opts(opts)
-        .stmt_cache_size(stmt_cache_size)
         .init(vec![
             // Belt and braces: the code never relies on the session time zone, but UTC everywhere.
             "SET time_zone = '+00:00'",

@@ -216,9 +216,14 @@ pub fn subscribe(
         .set("statistics.interval.ms", "5000")
         .set("fetch.wait.max.ms", "20")
         // librdkafka prefetches up to 64 MiB by default, all of it resident
-        // when the aggregator is behind; the lanes hold up to 4 MiB each on
-        // top. 8 MiB is still a second or more of events at full speed.
-        .set("queued.max.messages.kbytes", "8192")
+        // when the aggregator is behind; 2 MiB is still thousands of events.
+        // A queue that small refills only if librdkafka retries soon after
+        // finding it full (by default it waits a second), and its fetch
+        // responses are held to the same size.
+        .set("queued.max.messages.kbytes", "2048")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.max.bytes", "2097152")
+        .set("max.partition.fetch.bytes", "524288")
         .create_with_context(AggregatorContext {
             mysql_url: mysql_url.to_owned(),
             topic: topic.to_owned(),
