@@ -2,6 +2,14 @@
 //! `FEEDBACK_LOG_FORMAT=json` switches to JSON lines. Colours only on a
 //! terminal: a log file or `docker compose logs` gets plain text.
 //!
+//! Lines go to standard output from a thread of their own, which writes
+//! whatever has queued up in one `write`: a request does not wait for the
+//! log's file or pipe, and a busy service makes a few writes a millisecond
+//! rather than one per line (docs/benchmarks.md). Nothing is dropped: when
+//! the queue is full a caller waits. What the queue holds when the process
+//! is killed with -9 is lost, as the last lines of any buffered log are; an
+//! orderly stop writes it out.
+//!
 //! Trace export is optional and off by default: with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
 //! set, the spans `RUST_LOG` lets through also go to that OpenTelemetry
@@ -33,6 +41,8 @@ pub fn exporting() -> bool {
 #[must_use = "dropping it at once stops the trace export"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Writes out the queued lines when dropped.
+    _log: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for Telemetry {
@@ -50,7 +60,16 @@ impl Drop for Telemetry {
 pub fn init(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        // Far more than a writer behind by a moment holds; each slot of
+        // the queue is resident once used (tracing-appender's default of
+        // 128,000 cost each service about 5 MiB).
+        .buffered_lines_limit(8192)
+        .thread_name("log writer")
+        .finish(std::io::BufWriter::new(std::io::stdout()));
     let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_target(true)
         .with_ansi(std::io::stdout().is_terminal());
     let fmt = if crate::env::var("FEEDBACK_LOG_FORMAT").as_deref() == Some("json") {
@@ -80,7 +99,10 @@ pub fn init(service: &'static str) -> Telemetry {
         EXPORTING.store(true, Ordering::Relaxed);
         tracing::info!("exporting spans over OTLP/HTTP");
     }
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        _log: installed.then_some(guard),
+    }
 }
 
 /// The tracer provider, when an OTLP endpoint is configured.
