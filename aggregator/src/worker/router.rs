@@ -20,8 +20,8 @@ use crate::consumer::Rebalanced;
 use crate::redis_view::DeltaQueue;
 
 /// What a lane may hold before the router waits for it: tens of batches of
-/// typical events, a few when comments run to a few KiB each. librdkafka's
-/// own queue holds the next 8 MiB, so a lane is never kept waiting.
+/// typical events, a few when comments run to a few KiB each; librdkafka's
+/// own queue holds the next 2 MiB.
 const LANE_BYTES: usize = 1 << 20;
 
 /// The lane of a partition.
