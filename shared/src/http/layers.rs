@@ -86,7 +86,7 @@ where
         let request_id = request_id(&mut request);
         let method = method_label(request.method());
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let span = request_span(&request);
+        let span = request_span(&request, &request_id);
         let started = Instant::now();
         // Called here rather than in the future: `self.inner` is the service
         // that was polled ready. A panic while making the future is a
@@ -189,18 +189,16 @@ fn request_id(request: &mut Request) -> HeaderValue {
     id
 }
 
-/// Each request's span, named by method and path, carrying the request id;
-/// exported, it continues the client's trace (`traceparent`).
-fn request_span(request: &Request) -> tracing::Span {
-    let header = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let id = header(crate::trace::REQUEST_ID).unwrap_or("");
+/// Each request's span, named by method and path, carrying its id (from
+/// [`request_id`]); exported, it continues the client's trace (`traceparent`).
+fn request_span(request: &Request, request_id: &HeaderValue) -> tracing::Span {
+    let id = request_id.to_str().unwrap_or("");
     let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
-    if let Some(traceparent) = header(crate::trace::TRACEPARENT) {
+    let traceparent = request
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(traceparent) = traceparent {
         crate::trace::continue_trace(&span, traceparent);
     }
     span
