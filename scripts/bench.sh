@@ -21,9 +21,9 @@
 # resources of its own (topics bench-<stamp>-*, database fbbench_<stamp>,
 # Redis db 253, a temp spool, ports from 18080), never the demo's (topic
 # feedback-events, database feedback, Redis db 0) or the tests'. It stops
-# Kafka for the spooled run and always starts it again on exit. The services'
-# logs of the last run stay in var/bench/ (each run replaces the previous
-# run's).
+# Kafka for the spooled run and always starts it again on exit. The services
+# log to a tmpfs while they run (see RUN_LOGS); the last 16 MiB of each log
+# of the last run stay in var/bench/ (each run replaces the previous run's).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
