@@ -77,6 +77,9 @@ LOGS=$ROOT/var/bench
 # measured the disk (docs/benchmarks.md). The spool stays on disk, in $WORK:
 # its fsyncs are ingest's own cost.
 RUN_LOGS=$LOGS
+# A run killed with -9 leaves its directory behind, in memory; one bench runs
+# at a time (it stops the shared Kafka), so any such directory is stale.
+rm -rf /dev/shm/feedback-bench-logs.*
 if [[ -d /dev/shm && -w /dev/shm ]] && (($(df -Pk /dev/shm | awk 'NR == 2 { print $4 }') >= 4 * 1024 * 1024)); then
   RUN_LOGS=$(mktemp -d /dev/shm/feedback-bench-logs.XXXXXX)
 fi
