@@ -210,6 +210,9 @@ declare -A CPU_AT=()
 CPU_WHO=()
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+# steal_ticks: the time the hypervisor ran something else on this machine's
+# CPUs (/proc/stat), in ticks.
+steal_ticks() { awk '/^cpu / { print $9 }' /proc/stat; }
 listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
 # settle WHAT: waits (at most 30 s) until the machine is under 10 % busy over
 # a second, so a measurement starts on idle cores, not during the tail of the
@@ -236,9 +239,13 @@ cpu_start() {
   local who
   for who in "${CPU_WHO[@]}"; do CPU_AT[$who]=$(ticks "${who#*=}"); done
   CPU_AT[machine]=$(machine_ticks)
+  CPU_AT[steal]=$(steal_ticks)
   CPU_AT[time]=$(date +%s.%N)
 }
-# cpu_report: "ingest 81%, kafka 56%, ... (of one core); machine 97% busy" since cpu_start.
+# cpu_report: "ingest 81%, kafka 56%, ... of one core; machine 97% busy; 0 ms
+# stolen" since cpu_start. Stolen time is the hypervisor's: a vCPU it stops
+# for 10-20 ms stalls whatever runs on it, and the tail of a run with some
+# can show it.
 cpu_report() {
   local hz seconds out="" who busy0 total0 busy1 total1
   hz=$(getconf CLK_TCK)
@@ -249,7 +256,8 @@ cpu_report() {
   done
   read -r busy0 total0 <<<"${CPU_AT[machine]}"
   read -r busy1 total1 <<<"$(machine_ticks)"
-  echo "${out%, } of one core; machine $(calc "($busy1 - $busy0) / ($total1 - $total0) * 100" 0)% busy"
+  echo "${out%, } of one core; machine $(calc "($busy1 - $busy0) / ($total1 - $total0) * 100" 0)% busy;" \
+    "$(calc "($(steal_ticks) - ${CPU_AT[steal]}) * 1000 / $hz" 0) ms stolen"
 }
 
 # cpu_seconds NAME: the CPU seconds NAME (one of cpu_start's NAME=PID) used since cpu_start.
