@@ -70,12 +70,11 @@ REDIS_DB=253
 REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB
 LOGS=$ROOT/var/bench
 # Where the services write their logs while they run: a tmpfs when there is
-# room, and the end of each log is kept in $LOGS at cleanup. At the rates
-# measured they write 5-9 MB/s of access lines (a bench writes 1-2 GB), and on
-# this disk the writeback of that stalled every process on the two cores,
-# the load generator included, for 12-30 ms at a time: query's tail then
-# measured the disk (docs/benchmarks.md). The spool stays on disk, in $WORK:
-# its fsyncs are ingest's own cost.
+# room, and the end of each log is kept in $LOGS at cleanup. Under load they
+# write gigabytes of access lines, and the writeback of those to this disk
+# stalled every process on the shared cores, the load generator included:
+# query's tail then measured the disk (docs/benchmarks.md). The spool stays
+# on disk, in $WORK: its fsyncs are ingest's own cost.
 RUN_LOGS=$LOGS
 # A run killed with -9 leaves its directory behind, in memory; one bench runs
 # at a time (it stops the shared Kafka), so any such directory is stale.
@@ -114,15 +113,14 @@ cleanup() {
       "$TOPIC_AGG.dlq" >/dev/null 2>&1
   fi
   rm -rf "$WORK"
+  local log kept=""
   if [[ $RUN_LOGS != "$LOGS" ]]; then
-    local log
     for log in "$RUN_LOGS"/*.log; do
       [[ -e $log ]] && tail -c "$KEPT_LOG_BYTES" "$log" >"$LOGS/${log##*/}"
     done
     rm -rf "$RUN_LOGS"
+    kept=" (the last $((KEPT_LOG_BYTES >> 20)) MiB of each)"
   fi
-  local kept=""
-  [[ $RUN_LOGS == "$LOGS" ]] || kept=" (the last $((KEPT_LOG_BYTES >> 20)) MiB of each)"
   say "cleaned up (database $DB dropped, Redis db $REDIS_DB flushed, bench topics deleted; logs in ${LOGS#"$ROOT"/}$kept)"
   exit "$rc"
 }
@@ -220,9 +218,9 @@ listener() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -
 settle() {
   local waited=0 a b busy dirty
   # What earlier sections wrote (Kafka's log, the spool, MariaDB's files) and
-  # the page cache still holds is written back within the next 30 s, and its
-  # writeback stalled the processes on these cores for tens of milliseconds
-  # at a time (docs/benchmarks.md): written out now, before the measurement.
+  # the page cache still holds is written back during the next runs, and its
+  # writeback stalled the processes on these cores (docs/benchmarks.md):
+  # written out now, before the measurement.
   dirty=$(awk '/^Dirty:/ { print int($2 / 1024) }' /proc/meminfo)
   sync
   while (( waited < 30 )); do
@@ -244,8 +242,7 @@ cpu_start() {
 }
 # cpu_report: "ingest 81%, kafka 56%, ... of one core; machine 97% busy; 0 ms
 # stolen" since cpu_start. Stolen time is the hypervisor's: a vCPU it stops
-# for 10-20 ms stalls whatever runs on it, and the tail of a run with some
-# can show it.
+# stalls whatever runs on it, and the tail of a run with some can show it.
 cpu_report() {
   local hz seconds out="" who busy0 total0 busy1 total1
   hz=$(getconf CLK_TCK)
@@ -365,13 +362,14 @@ prepare() {
     "ports $INGEST_PORT/$AGG_PORT/$QUERY_PORT, $TOKENS student tokens, the services' logs in $RUN_LOGS"
 }
 
-# The spool may grow to 2 GiB here: the spooled run measures the rate, and
-# at 27k submissions/s its 10 s filled the default 256 MiB (about 1 KiB of
-# spool a submission), after which ingest rightly answered 503.
+# The spool may grow well past its default here: the spooled run measures
+# the rate, and a fast run filled the default before its end, after which
+# ingest rightly answered 503 (docs/benchmarks.md).
 start_ingest() {
-  say "starting ingest on :$INGEST_PORT (rate limits off, spool $WORK/spool, up to 2 GiB)"
+  local spool_max=$((2 << 30))
+  say "starting ingest on :$INGEST_PORT (rate limits off, spool $WORK/spool, up to $((spool_max >> 30)) GiB)"
   start ingest ingest FEEDBACK_INGEST_ADDR="127.0.0.1:$INGEST_PORT" FEEDBACK_KAFKA_TOPIC="$TOPIC_INGEST" \
-    FEEDBACK_SPOOL_DIR="$WORK/spool" FEEDBACK_SPOOL_MAX_BYTES=$((2 << 30)) FEEDBACK_JWT_SECRET="$SECRET" \
+    FEEDBACK_SPOOL_DIR="$WORK/spool" FEEDBACK_SPOOL_MAX_BYTES="$spool_max" FEEDBACK_JWT_SECRET="$SECRET" \
     FEEDBACK_RATE_LIMIT_STUDENT_PER_MIN=0 FEEDBACK_RATE_LIMIT_IP_PER_MIN=0
   wait_http ingest "http://127.0.0.1:$INGEST_PORT/healthz" "$PID_ingest"
   # Until the topic exists and a submission goes straight to Kafka.

@@ -222,8 +222,8 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
     // mysql_async's statement cache (32 a connection unless the URL says
     // otherwise) is not raised: the aggregator's multi-row statements hold
     // a few hundred parameters' metadata each, so more cached shapes cost
-    // megabytes a connection, while with 32 about one batch in four prepares
-    // a statement again (docs/benchmarks.md).
+    // megabytes a connection, while with 32 only some batches prepare a
+    // statement again (docs/benchmarks.md).
     let opts = OptsBuilder::from_opts(opts)
         .init(vec![
             // Belt and braces: the code never relies on the session time zone, but UTC everywhere.

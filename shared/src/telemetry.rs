@@ -63,8 +63,9 @@ pub fn init(service: &'static str) -> Telemetry {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // Far more than a writer behind by a moment holds; each slot of
-        // the queue is resident once used (tracing-appender's default of
-        // 128,000 cost each service about 5 MiB).
+        // the queue is resident once used, and tracing-appender's default
+        // (128,000 lines) made each service megabytes larger
+        // (docs/benchmarks.md).
         .buffered_lines_limit(8192)
         .thread_name("log writer")
         .finish(std::io::BufWriter::new(std::io::stdout()));
