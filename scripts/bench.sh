@@ -194,6 +194,9 @@ load() {
     { cat "$WORK/$name.err" >&2; die "wrk $name failed"; }
   say "  $name: $(kv "$WORK/$name.out" rps) req/s, p50 $(kv "$WORK/$name.out" p50_ms) ms," \
     "p99 $(kv "$WORK/$name.out" p99_ms) ms, $(kv "$WORK/$name.out" failed) failed"
+  local answered
+  answered=$(calc "$(kv "$WORK/$name.out" rps) * $LOAD_SECONDS" 0)
+  echo "machine_us=$(calc "($answered > 0) ? $(machine_cpu_seconds) * 1000000 / $answered : 0" 1)" >>"$WORK/$name.out"
   say "    cpu: $(cpu_report)"
 }
 
@@ -267,6 +270,15 @@ cpu_seconds() {
     fi
   done
   echo 0
+}
+
+# machine_cpu_seconds: the CPU seconds all processes on the machine used since
+# cpu_start, both cores together: the generator, the kernel and every service.
+machine_cpu_seconds() {
+  local busy0 total0 busy1 total1
+  read -r busy0 total0 <<<"${CPU_AT[machine]}"
+  read -r busy1 total1 <<<"$(machine_ticks)"
+  calc "($busy1 - $busy0) / $(getconf CLK_TCK)" 3
 }
 
 readyz() { curl -s -m 2 "http://127.0.0.1:$INGEST_PORT/readyz" || true; }
@@ -427,10 +439,13 @@ ceiling_runs() {
     cpu_start
     "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 --connections "$c" \
       >"$WORK/ceiling_$1_$c.out"
-    echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)" >>"$WORK/ceiling_$1_$c.out"
+    { echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)"
+      echo "machine_us=$(calc "$(machine_cpu_seconds) * 1000000 / $EVENTS" 1)"
+    } >>"$WORK/ceiling_$1_$c.out"
   done
   say "  $(kv "$WORK/ceiling_$1_1.out" rate) rows/s on one connection, $(kv "$WORK/ceiling_$1_$LANES.out" rate) on $LANES;" \
-    "MariaDB CPU per row $(kv "$WORK/ceiling_$1_1.out" mariadb_us) and $(kv "$WORK/ceiling_$1_$LANES.out" mariadb_us) µs"
+    "MariaDB CPU per row $(kv "$WORK/ceiling_$1_1.out" mariadb_us) and $(kv "$WORK/ceiling_$1_$LANES.out" mariadb_us) µs," \
+    "the whole machine's $(kv "$WORK/ceiling_$1_1.out" machine_us) and $(kv "$WORK/ceiling_$1_$LANES.out" machine_us) µs"
 }
 
 bench_aggregator() {
@@ -455,8 +470,10 @@ bench_aggregator() {
   say "  $(kv "$WORK/drain.out" rate) events/s over $(kv "$WORK/drain.out" seconds)s" \
     "(start-up and group join before it: $(kv "$WORK/drain.out" startup_seconds)s)"
   say "    cpu: $(cpu_report)"
-  echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)" >>"$WORK/drain.out"
-  say "    MariaDB CPU per event: $(kv "$WORK/drain.out" mariadb_us) µs"
+  { echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)"
+    echo "machine_us=$(calc "$(machine_cpu_seconds) * 1000000 / $EVENTS" 1)"
+  } >>"$WORK/drain.out"
+  say "    CPU per event: MariaDB $(kv "$WORK/drain.out" mariadb_us) µs, the whole machine $(kv "$WORK/drain.out" machine_us) µs"
   batch_steps "http://127.0.0.1:$AGG_PORT" >"$WORK/steps.out"
   say "  a batch's mean ms per step: $(steps_line "$WORK/steps.out")"
   say "aggregator ceiling again, right after the drain (the aggregator idle)"
@@ -465,6 +482,7 @@ bench_aggregator() {
   for c in 1 "$LANES"; do
     { echo "rate=$(calc "($(kv "$WORK/ceiling_before_$c.out" rate) + $(kv "$WORK/ceiling_after_$c.out" rate)) / 2" 0)"
       echo "mariadb_us=$(calc "($(kv "$WORK/ceiling_before_$c.out" mariadb_us) + $(kv "$WORK/ceiling_after_$c.out" mariadb_us)) / 2" 1)"
+      echo "machine_us=$(calc "($(kv "$WORK/ceiling_before_$c.out" machine_us) + $(kv "$WORK/ceiling_after_$c.out" machine_us)) / 2" 1)"
     } >"$WORK/ceiling_$c.out"
   done
   one=$(kv "$WORK/ceiling_1.out" rate) many=$(kv "$WORK/ceiling_$LANES.out" rate)
@@ -612,6 +630,13 @@ table_ingest() {
   latency_row "  the Kafka floor's p50" "$(kv "$WORK/ingest_floor.out" p50_ms)" - -
   latency_row "  the Kafka floor's p99" "$(kv "$WORK/ingest_floor.out" p99_ms)" - -
   failures_row "  the Kafka floor's non-202" ingest_floor
+  # Both runs keep the cores busy, so their rates stand in the inverse ratio
+  # of what a request costs the whole machine (the generator, Kafka and the
+  # kernel included): at 0.8, a submission may cost it at most 1.25 times
+  # the floor's request.
+  local m_up m_floor
+  m_up=$(kv "$up" machine_us) m_floor=$(kv "$WORK/ingest_floor.out" machine_us)
+  row "  the whole machine's CPU per request" "$m_up µs" "$m_floor µs" "$(times_of "$m_up" "$m_floor")" "<= x1.25" -
   ratio_row "ingest accepted, Kafka up (vs /healthz)" "$(kv "$up" good_rps)" "$ceiling" "req/s" 0.3
   latency_row "ingest p50, Kafka up" "$(kv "$up" p50_ms)" "$(kv "$h" p50_ms)" -
   latency_row "ingest p99, Kafka up" "$(kv "$up" p99_ms)" "$(kv "$h" p99_ms)" -
@@ -650,6 +675,18 @@ table_aggregator() {
   local per_many=$(kv "$WORK/ceiling_$LANES.out" mariadb_us)
   row "  MariaDB CPU per event; per INSERT row" "$per_event µs" "$per_one; $per_many µs" \
     "$(times_of "$per_event" "$per_one"); $(times_of "$per_event" "$per_many")" - -
+  # What an event costs the whole machine (MariaDB, the aggregator, Kafka,
+  # Redis, the kernel, the bench's own poller) against a ceiling row (MariaDB
+  # and the inserting client), and the cores the drain would take at 0.5 of
+  # the ceiling at that cost: more than the machine has means 0.5 cannot be
+  # reached here by keeping the lanes busier, only by a cheaper event.
+  local m_event m_one m_many
+  m_event=$(kv "$WORK/drain.out" machine_us) m_one=$(kv "$WORK/ceiling_1.out" machine_us)
+  m_many=$(kv "$WORK/ceiling_$LANES.out" machine_us)
+  row "  the whole machine's CPU per event; per row" "$m_event µs" "$m_one; $m_many µs" \
+    "$(times_of "$m_event" "$m_one"); $(times_of "$m_event" "$m_many")" - -
+  row "  cores the drain takes at 0.5 of the ceiling" \
+    "$(calc "$m_event * 0.5 * $(kv "$WORK/ceiling.out" rate) / 1000000" 2) cores" "$(nproc) cores" - - -
   # A one-connection ceiling batch is one INSERT and a commit, like the history
   # step. Redis is left out: a lane queues its deltas and goes on (one task
   # applies them).
