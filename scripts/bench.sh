@@ -195,7 +195,7 @@ load() {
   say "  $name: $(kv "$WORK/$name.out" rps) req/s, p50 $(kv "$WORK/$name.out" p50_ms) ms," \
     "p99 $(kv "$WORK/$name.out" p99_ms) ms, $(kv "$WORK/$name.out" failed) failed"
   local answered
-  answered=$(calc "$(kv "$WORK/$name.out" rps) * $LOAD_SECONDS" 0)
+  answered=$(kv "$WORK/$name.out" requests)
   echo "machine_us=$(calc "($answered > 0) ? $(machine_cpu_seconds) * 1000000 / $answered : 0" 1)" >>"$WORK/$name.out"
   say "    cpu: $(cpu_report)"
 }
@@ -279,6 +279,13 @@ machine_cpu_seconds() {
   read -r busy0 total0 <<<"${CPU_AT[machine]}"
   read -r busy1 total1 <<<"$(machine_ticks)"
   calc "($busy1 - $busy0) / $(getconf CLK_TCK)" 3
+}
+
+# cpu_per COUNT: MariaDB's and the whole machine's CPU per item (µs) since
+# cpu_start, as key=value lines for a run's .out file.
+cpu_per() {
+  echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $1" 1)"
+  echo "machine_us=$(calc "$(machine_cpu_seconds) * 1000000 / $1" 1)"
 }
 
 readyz() { curl -s -m 2 "http://127.0.0.1:$INGEST_PORT/readyz" || true; }
@@ -439,9 +446,7 @@ ceiling_runs() {
     cpu_start
     "$BENCH" insert-ceiling --mysql-url "$MYSQL_URL" --rows "$EVENTS" --batch 100 --connections "$c" \
       >"$WORK/ceiling_$1_$c.out"
-    { echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)"
-      echo "machine_us=$(calc "$(machine_cpu_seconds) * 1000000 / $EVENTS" 1)"
-    } >>"$WORK/ceiling_$1_$c.out"
+    cpu_per "$EVENTS" >>"$WORK/ceiling_$1_$c.out"
   done
   say "  $(kv "$WORK/ceiling_$1_1.out" rate) rows/s on one connection, $(kv "$WORK/ceiling_$1_$LANES.out" rate) on $LANES;" \
     "MariaDB CPU per row $(kv "$WORK/ceiling_$1_1.out" mariadb_us) and $(kv "$WORK/ceiling_$1_$LANES.out" mariadb_us) µs," \
@@ -470,9 +475,7 @@ bench_aggregator() {
   say "  $(kv "$WORK/drain.out" rate) events/s over $(kv "$WORK/drain.out" seconds)s" \
     "(start-up and group join before it: $(kv "$WORK/drain.out" startup_seconds)s)"
   say "    cpu: $(cpu_report)"
-  { echo "mariadb_us=$(calc "$(cpu_seconds mariadb) * 1000000 / $EVENTS" 1)"
-    echo "machine_us=$(calc "$(machine_cpu_seconds) * 1000000 / $EVENTS" 1)"
-  } >>"$WORK/drain.out"
+  cpu_per "$EVENTS" >>"$WORK/drain.out"
   say "    CPU per event: MariaDB $(kv "$WORK/drain.out" mariadb_us) µs, the whole machine $(kv "$WORK/drain.out" machine_us) µs"
   batch_steps "http://127.0.0.1:$AGG_PORT" >"$WORK/steps.out"
   say "  a batch's mean ms per step: $(steps_line "$WORK/steps.out")"
